@@ -1,0 +1,46 @@
+# `make run` and `make test` each create .venv and install the project with its test extras when needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+OUT ?= outputs/demo
+CONFIG ?= demo
+
+# pip on Python 3.11 takes these torch builds from this machine's local wheels (see README).
+ifeq ($(shell uname -m),aarch64)
+TORCH_SPEC := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_SPEC := torch==2.14.1 torchvision==0.29.1
+endif
+
+# Keep every Ray listener on loopback and Hugging Face libraries offline.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fusion run --config $(CONFIG) --out $(OUT)
+
+test: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -m slow
+
+bench: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/synth_throughput.py
+	$(BIN)/python benchmarks/model_overhead.py
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,170 @@
+"""Runs work units through the configured stages on Ray Data and writes each as a shard.
+
+A row of the Ray dataset is one work unit carrying all its records, so one unit flows through the
+stages and becomes one shard. Consecutive stages without a model run fused in one Ray task per unit;
+a stage with a model gets its own pool of actors that load the model once. The shard writer runs last.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.config import RunConfig, StageSpec, import_plugins
+from pipeline.record import SampleRecord
+from pipeline.shards import OutputLayout, write_unit
+from pipeline.stage import STAGES, RunContext, Stage
+from pipeline.units import WorkUnit
+
+
+class StageError(RuntimeError):
+    """A stage raised on a unit; names both, so the failing piece of work is obvious."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive stages that run in the same Ray operator."""
+
+    specs: tuple[StageSpec, ...]
+    uses_model: bool
+
+
+def plan_segments(stages: list[StageSpec]) -> list[Segment]:
+    segments: list[Segment] = []
+    run: list[StageSpec] = []
+    for spec in stages:
+        if STAGES.get(spec.name).uses_model:
+            if run:
+                segments.append(Segment(tuple(run), uses_model=False))
+                run = []
+            segments.append(Segment((spec,), uses_model=True))
+        else:
+            run.append(spec)
+    if run:
+        segments.append(Segment(tuple(run), uses_model=False))
+    return segments
+
+
+def build_stages(specs: tuple[StageSpec, ...] | list[StageSpec], context: RunContext) -> list[Stage]:
+    return [STAGES.get(spec.name)(spec.typed_params(), context) for spec in specs]
+
+
+def process_unit(stages: list[Stage], unit: WorkUnit, records: list[SampleRecord]) -> list[SampleRecord]:
+    for stage in stages:
+        try:
+            records = stage.process(unit, records)
+        except Exception as error:
+            raise StageError(f"stage {stage.name!r} failed on unit {unit.unit_id}: {error}") from error
+    return records
+
+
+def run_units_locally(config: RunConfig, units: list[WorkUnit], layout: OutputLayout, context: RunContext) -> Iterator[dict[str, Any]]:
+    """The same work in this process, without Ray: the reference the Ray path is measured and tested against."""
+    stages = build_stages(config.stages, context)
+    for unit in units:
+        yield write_unit(layout, unit, process_unit(stages, unit, []))
+
+
+def run_units_on_ray(
+    config: RunConfig, units: list[WorkUnit], layout: OutputLayout, context: RunContext
+) -> Iterator[dict[str, Any]]:
+    """Yield each unit's shard stats as it completes (in completion order). Ray must be initialised."""
+    import ray.data
+    from ray.util.debug import log_once
+
+    data_context = ray.data.DataContext.get_current()
+    # The run shows its own progress bar; claiming Ray Data's log-once key silences its warning about that.
+    log_once("ray_data_progress_manager_disabled")
+    data_context.enable_progress_bars = False
+    data_context.print_on_execution_start = False
+
+    rows = [{"unit": json.dumps(u.to_dict()), "records": pickle.dumps([])} for u in units]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    workers = config.ray.workers
+    for segment in plan_segments(config.stages):
+        resources = _segment_resources(segment)
+        concurrency = segment.specs[0].resources.concurrency or workers
+        specs_json = [spec.model_dump_json() for spec in segment.specs]
+        stage_args = {"specs_json": specs_json, "context": context, "plugins": config.plugins}
+        if segment.uses_model:
+            dataset = dataset.map_batches(
+                _SegmentActor,
+                fn_constructor_kwargs=stage_args,
+                batch_size=1,
+                batch_format="pyarrow",
+                concurrency=concurrency or 1,
+                **resources,
+            )
+        else:
+            dataset = dataset.map_batches(
+                _run_segment_task,
+                fn_kwargs=stage_args,
+                batch_size=1,
+                batch_format="pyarrow",
+                concurrency=concurrency,
+                **resources,
+            )
+    dataset = dataset.map_batches(
+        _write_units_task,
+        fn_kwargs={"root": str(layout.root)},
+        batch_size=1,
+        batch_format="pyarrow",
+        concurrency=workers,
+        num_cpus=1,
+    )
+    for row in dataset.iter_rows():
+        yield json.loads(row["stats"])
+
+
+def _segment_resources(segment: Segment) -> dict[str, float]:
+    num_cpus = max(spec.resources.num_cpus for spec in segment.specs)
+    num_gpus = max(spec.resources.num_gpus for spec in segment.specs)
+    resources: dict[str, float] = {"num_cpus": num_cpus}
+    if num_gpus:
+        resources["num_gpus"] = num_gpus
+    return resources
+
+
+def _stages_from_json(specs_json: list[str], context: RunContext, plugins: list[str]) -> list[Stage]:
+    import_plugins(plugins)
+    return build_stages([StageSpec.model_validate_json(text) for text in specs_json], context)
+
+
+def _map_units(batch: pa.Table, fn: Callable[[WorkUnit, list[SampleRecord]], list[SampleRecord]]) -> pa.Table:
+    units, payloads = [], []
+    for unit_json, payload in zip(batch.column("unit").to_pylist(), batch.column("records").to_pylist(), strict=True):
+        unit = WorkUnit.from_dict(json.loads(unit_json))
+        records = fn(unit, pickle.loads(payload))
+        units.append(unit_json)
+        payloads.append(pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
+    return pa.table({"unit": pa.array(units, pa.string()), "records": pa.array(payloads, pa.large_binary())})
+
+
+def _run_segment_task(batch: pa.Table, specs_json: list[str], context: RunContext, plugins: list[str]) -> pa.Table:
+    stages = _stages_from_json(specs_json, context, plugins)
+    return _map_units(batch, lambda unit, records: process_unit(stages, unit, records))
+
+
+class _SegmentActor:
+    """Holds a model-backed stage for the life of a Ray actor, so the model loads once."""
+
+    def __init__(self, specs_json: list[str], context: RunContext, plugins: list[str]) -> None:
+        self.stages = _stages_from_json(specs_json, context, plugins)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _map_units(batch, lambda unit, records: process_unit(self.stages, unit, records))
+
+
+def _write_units_task(batch: pa.Table, root: str) -> pa.Table:
+    layout = OutputLayout(Path(root))
+    stats = []
+    for unit_json, payload in zip(batch.column("unit").to_pylist(), batch.column("records").to_pylist(), strict=True):
+        unit = WorkUnit.from_dict(json.loads(unit_json))
+        stats.append(json.dumps(write_unit(layout, unit, pickle.loads(payload))))
+    return pa.table({"stats": pa.array(stats, pa.string())})

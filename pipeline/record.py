@@ -1,0 +1,78 @@
+"""The sample record: the one contract between every stage and the shard a trainer reads.
+
+A record moves through the stages of its work unit and lands in a shard as ``KEY.json`` (every field but
+the image), ``KEY.jpg`` (the image) and ``KEY.txt`` (the description, or the caption when there is none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+KEY_PATTERN = re.compile(r"^[a-z0-9_]+$")
+IMAGE_TOKEN = "<image>"
+# The paper's answer-format instructions; a question ending with one promises an answer of that form.
+SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word or phrase."
+MULTIPLE_CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+STATUS_PENDING = "pending"
+STATUS_ACCEPTED = "accepted"
+STATUS_REJECTED = "rejected"
+
+
+@dataclass
+class SampleRecord:
+    key: str
+    category: str
+    split: str
+    seed: int
+    seed_caption: str = ""
+    caption: str = ""
+    description: str = ""
+    # LLaVA style: [{"from": "human" | "gpt", "value": ...}]; the first human turn starts with "<image>\n".
+    conversations: list[dict[str, str]] = field(default_factory=list)
+    # Every score computed, named "<stage>/<metric>" with its model and scale in the name where one applies.
+    scores: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    # Generator-specific facts, e.g. the procedural scene graphs that make the answers true by construction.
+    metadata: dict[str, Any] = field(default_factory=dict)
+    status: str = STATUS_PENDING
+    reject_stage: str = ""
+    reject_reason: str = ""
+    # Encoded JPEG bytes; never part of the JSON member.
+    image: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not KEY_PATTERN.match(self.key):
+            raise ValueError(f"sample key {self.key!r} must match {KEY_PATTERN.pattern} (WebDataset splits keys at dots)")
+
+    @property
+    def is_rejected(self) -> bool:
+        return self.status == STATUS_REJECTED
+
+    def reject(self, stage: str, reason: str) -> None:
+        """Mark the record rejected; the first rejection wins so the reason names the stage that decided."""
+        if self.is_rejected:
+            return
+        self.status = STATUS_REJECTED
+        self.reject_stage = stage
+        self.reject_reason = reason
+
+    def text(self) -> str:
+        """What goes into ``KEY.txt``."""
+        return self.description or self.caption
+
+    def to_json_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        del data["image"]
+        return data
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any], image: bytes | None = None) -> SampleRecord:
+        names = {f.name for f in dataclasses.fields(cls)} - {"image"}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"record {data.get('key')!r} has unknown fields {sorted(unknown)}")
+        return cls(**data, image=image)
