@@ -1,15 +1,15 @@
 """Runs work units through the configured stages on Ray Data and writes each as a shard.
 
 A row of the Ray dataset is one work unit carrying all its records, so one unit flows through the
-stages and becomes one shard. Consecutive stages without a model run fused in one Ray task per unit;
-a stage with a model gets its own pool of actors that load the model once. The shard writer runs last.
+stages and becomes one shard. Consecutive stages without a model run together in one Ray task per unit;
+a stage with a model gets its own pool of actors that load the model once. The last of them writes the shard.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,38 +86,23 @@ def run_units_on_ray(
 
     rows = [{"unit": json.dumps(u.to_dict()), "records": pickle.dumps([])} for u in units]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    workers = config.ray.workers
-    for segment in plan_segments(config.stages):
-        resources = _segment_resources(segment)
-        concurrency = segment.specs[0].resources.concurrency or workers
-        specs_json = [spec.model_dump_json() for spec in segment.specs]
-        stage_args = {"specs_json": specs_json, "context": context, "plugins": config.plugins}
+    segments = plan_segments(config.stages)
+    for index, segment in enumerate(segments):
+        concurrency = segment.specs[0].resources.concurrency or config.ray.workers
+        stage_args = {
+            "specs_json": [spec.model_dump_json() for spec in segment.specs],
+            "context": context,
+            "plugins": config.plugins,
+            # The last segment writes the shard itself, so records never cross a process boundary to be written.
+            "write_root": str(layout.root) if index == len(segments) - 1 else None,
+        }
+        common = {"batch_size": 1, "batch_format": "pyarrow", **_segment_resources(segment)}
         if segment.uses_model:
             dataset = dataset.map_batches(
-                _SegmentActor,
-                fn_constructor_kwargs=stage_args,
-                batch_size=1,
-                batch_format="pyarrow",
-                concurrency=concurrency or 1,
-                **resources,
+                _SegmentActor, fn_constructor_kwargs=stage_args, concurrency=concurrency or 1, **common
             )
         else:
-            dataset = dataset.map_batches(
-                _run_segment_task,
-                fn_kwargs=stage_args,
-                batch_size=1,
-                batch_format="pyarrow",
-                concurrency=concurrency,
-                **resources,
-            )
-    dataset = dataset.map_batches(
-        _write_units_task,
-        fn_kwargs={"root": str(layout.root)},
-        batch_size=1,
-        batch_format="pyarrow",
-        concurrency=workers,
-        num_cpus=1,
-    )
+            dataset = dataset.map_batches(_run_segment_task, fn_kwargs=stage_args, concurrency=concurrency, **common)
     for row in dataset.iter_rows():
         yield json.loads(row["stats"])
 
@@ -136,35 +121,34 @@ def _stages_from_json(specs_json: list[str], context: RunContext, plugins: list[
     return build_stages([StageSpec.model_validate_json(text) for text in specs_json], context)
 
 
-def _map_units(batch: pa.Table, fn: Callable[[WorkUnit, list[SampleRecord]], list[SampleRecord]]) -> pa.Table:
-    units, payloads = [], []
+def _process_batch(batch: pa.Table, stages: list[Stage], write_root: str | None) -> pa.Table:
+    """Run the stages on each unit of the batch; return the records, or the shard stats when writing."""
+    units, payloads, stats = [], [], []
     for unit_json, payload in zip(batch.column("unit").to_pylist(), batch.column("records").to_pylist(), strict=True):
         unit = WorkUnit.from_dict(json.loads(unit_json))
-        records = fn(unit, pickle.loads(payload))
-        units.append(unit_json)
-        payloads.append(pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
+        records = process_unit(stages, unit, pickle.loads(payload))
+        if write_root:
+            stats.append(json.dumps(write_unit(OutputLayout(Path(write_root)), unit, records)))
+        else:
+            units.append(unit_json)
+            payloads.append(pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
+    if write_root:
+        return pa.table({"stats": pa.array(stats, pa.string())})
     return pa.table({"unit": pa.array(units, pa.string()), "records": pa.array(payloads, pa.large_binary())})
 
 
-def _run_segment_task(batch: pa.Table, specs_json: list[str], context: RunContext, plugins: list[str]) -> pa.Table:
-    stages = _stages_from_json(specs_json, context, plugins)
-    return _map_units(batch, lambda unit, records: process_unit(stages, unit, records))
+def _run_segment_task(
+    batch: pa.Table, specs_json: list[str], context: RunContext, plugins: list[str], write_root: str | None
+) -> pa.Table:
+    return _process_batch(batch, _stages_from_json(specs_json, context, plugins), write_root)
 
 
 class _SegmentActor:
     """Holds a model-backed stage for the life of a Ray actor, so the model loads once."""
 
-    def __init__(self, specs_json: list[str], context: RunContext, plugins: list[str]) -> None:
+    def __init__(self, specs_json: list[str], context: RunContext, plugins: list[str], write_root: str | None) -> None:
         self.stages = _stages_from_json(specs_json, context, plugins)
+        self.write_root = write_root
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _map_units(batch, lambda unit, records: process_unit(self.stages, unit, records))
-
-
-def _write_units_task(batch: pa.Table, root: str) -> pa.Table:
-    layout = OutputLayout(Path(root))
-    stats = []
-    for unit_json, payload in zip(batch.column("unit").to_pylist(), batch.column("records").to_pylist(), strict=True):
-        unit = WorkUnit.from_dict(json.loads(unit_json))
-        stats.append(json.dumps(write_unit(layout, unit, pickle.loads(payload))))
-    return pa.table({"stats": pa.array(stats, pa.string())})
+        return _process_batch(batch, self.stages, self.write_root)

@@ -65,14 +65,15 @@ class SampleRecord:
         return self.description or self.caption
 
     def to_json_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        del data["image"]
-        return data
+        """Every field but the image. Values are shared, not copied: serialize the result, don't mutate it."""
+        return {name: getattr(self, name) for name in _JSON_FIELDS}
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any], image: bytes | None = None) -> SampleRecord:
-        names = {f.name for f in dataclasses.fields(cls)} - {"image"}
-        unknown = set(data) - names
+        unknown = set(data) - set(_JSON_FIELDS)
         if unknown:
             raise ValueError(f"record {data.get('key')!r} has unknown fields {sorted(unknown)}")
         return cls(**data, image=image)
+
+
+_JSON_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord) if f.name != "image")

@@ -88,12 +88,13 @@ def write_unit(layout: OutputLayout, unit: WorkUnit, records: list[SampleRecord]
     for record in accepted:
         record.status = STATUS_ACCEPTED
 
+    json_dicts = [r.to_json_dict() for r in accepted]
     tar_path = layout.shard_tar(unit)
     with atomic_path(tar_path) as temp:
-        _write_tar(temp, accepted)
+        _write_tar(temp, accepted, json_dicts)
     parquet_path = layout.shard_parquet(unit)
     with atomic_path(parquet_path) as temp:
-        pq.write_table(_records_table(accepted), temp)
+        pq.write_table(_records_table(accepted, json_dicts), temp)
     rejects_path = layout.rejects(unit)
     with atomic_path(rejects_path) as temp:
         pq.write_table(_rejects_table(rejected), temp)
@@ -126,12 +127,12 @@ def _check_unit_records(unit: WorkUnit, records: list[SampleRecord], accepted: l
             raise ValueError(f"unit {unit.unit_id}: sample {record.key} belongs to {record.category}/{record.split}")
 
 
-def _write_tar(path: Path, records: list[SampleRecord]) -> None:
+def _write_tar(path: Path, records: list[SampleRecord], json_dicts: list[dict[str, Any]]) -> None:
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for record in records:
+        for record, json_dict in zip(records, json_dicts, strict=True):
             members = {
                 "jpg": record.image,
-                "json": canonical_json(record.to_json_dict()),
+                "json": canonical_json(json_dict),
                 "txt": record.text().encode("utf-8"),
             }
             for extension in SAMPLE_MEMBERS:
@@ -148,16 +149,16 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _records_table(records: list[SampleRecord]) -> pa.Table:
+def _records_table(records: list[SampleRecord], json_dicts: list[dict[str, Any]]) -> pa.Table:
     """One row per sample: key plus every JSON field, and each score as its own float column.
 
     Nested fields are canonical JSON strings, which keeps one schema across shards and categories
     whatever they hold; ``score/<name>`` columns let thresholds be chosen later without opening tars.
     """
     rows = []
-    for record in records:
+    for record, json_dict in zip(records, json_dicts, strict=True):
         row: dict[str, Any] = {}
-        for name, value in record.to_json_dict().items():
+        for name, value in json_dict.items():
             row[name] = canonical_json(value).decode() if isinstance(value, (dict, list)) else value
         row.update({f"score/{name}": float(value) for name, value in record.scores.items()})
         rows.append(row)
