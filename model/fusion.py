@@ -1,0 +1,498 @@
+"""FusionModel: stock causal LM + text-guided SigLIP tower + projectors + CARD interaction layers + DSM loss.
+
+forward(batch) -> loss and its parts; generate(images, conversations) -> answers (batched, left padding, KV cache);
+save_pretrained / from_pretrained (config.json + model.safetensors + tokenizer/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from transformers import AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, SiglipVisionModel
+
+from model.backbones import (
+    VisionTower,
+    WeightsMode,
+    architecture_dict,
+    decoder_layers,
+    load_language_model,
+    load_tokenizer,
+    load_vision_tower,
+)
+from model.batch import FusionBatch
+from model.card import CardContext, CardInteraction, initial_latents, latent_windows, stitch_tiles
+from model.config import ConfigError, FusionConfig
+from model.connector import MlpProjector
+from model.dsm import DsmTerms, dual_semantic_mapping_loss
+from model.sequence import IGNORE_INDEX, Conversation, SequenceBuilder, add_vision_tokens
+from model.vision import TextGuidedVisionEncoder
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class FusionOutput:
+    logits: torch.Tensor  # (B, L, V)
+    loss: torch.Tensor | None  # lm_loss + dsm_weight * (dsm_text + dsm_image)
+    lm_loss: torch.Tensor | None
+    dsm_text: torch.Tensor | None
+    dsm_image: torch.Tensor | None
+
+
+@dataclass
+class _ImageFeatures:
+    image_tokens: torch.Tensor  # (NI, G*G, D) tokens placed in the LLM sequence
+    tile_map: torch.Tensor | None  # (NI, g*s, g*s, D) stitched tile map in LLM space (CARD only)
+    dsm: DsmTerms | None
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean next-token cross entropy over supervised labels (zero when none is supervised)."""
+    shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shifted_labels = labels[:, 1:].reshape(-1)
+    total = F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (shifted_labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def interpolate_image_tokens(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """FUSION-L: bilinear resize of (N, s*s, D) image tokens to (N, grid*grid, D)."""
+    count, num_tokens, width = tokens.shape
+    side = int(num_tokens**0.5)
+    spatial = tokens.reshape(count, side, side, width).permute(0, 3, 1, 2)
+    resized = F.interpolate(spatial.float(), size=(grid, grid), mode="bilinear", align_corners=False)
+    return resized.to(tokens.dtype).permute(0, 2, 3, 1).reshape(count, grid * grid, width)
+
+
+class FusionModel(nn.Module):
+    def __init__(
+        self,
+        config: FusionConfig,
+        language_model: PreTrainedModel,
+        vision_tower: VisionTower,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.language_model = language_model
+        self.vision = TextGuidedVisionEncoder(vision_tower, config.tune.early_layers, config.use_multi_level_connector)
+        hidden_size = language_model.config.get_text_config().hidden_size
+        dtype = language_model.get_input_embeddings().weight.dtype
+        self.mm_projector = MlpProjector(self.vision.output_size, hidden_size).to(dtype)
+        # The aux projector exists only with TUNE: it feeds questions into the ViT and rebuilds patches for DSM.
+        self.aux_projector = MlpProjector(hidden_size, self.vision.hidden_size).to(dtype) if config.use_tune else None
+        self.card: CardInteraction | None = None
+        if config.use_card:
+            layers = decoder_layers(language_model)
+            self.card = CardInteraction(hidden_size, config.card, len(layers)).to(dtype)
+            self.card.attach(layers)
+        self.native_image_grid = self._check_image_geometry(vision_tower)
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._sequence_builder: SequenceBuilder | None = None
+        if tokenizer is not None:
+            self.attach_tokenizer(tokenizer)
+        self.train()  # backbones loaded by from_pretrained come in eval mode; start uniform, like any nn.Module
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(
+        cls, config: FusionConfig, weights: WeightsMode = "pretrained", with_tokenizer: bool = True
+    ) -> FusionModel:
+        """Build from a config: backbones from their sources ("pretrained"), random, or on the meta device."""
+        language_model = load_language_model(config.language_model, weights)
+        vision_tower = load_vision_tower(config.vision_tower, weights)
+        lm = config.language_model
+        has_tokenizer_source = any(v is not None for v in (lm.tokenizer_source, lm.source, lm.python_package))
+        tokenizer = load_tokenizer(lm) if with_tokenizer and weights != "meta" and has_tokenizer_source else None
+        with torch.device("meta") if weights == "meta" else contextlib.nullcontext():
+            model = cls(config, language_model, vision_tower, tokenizer)
+        model._log_components(f"FUSION {config.name!r}")
+        return model
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> FusionModel:
+        """Load a directory written by `save_pretrained`, in eval mode."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"FUSION checkpoint {str(directory)!r} has no {CONFIG_FILE}")
+        config = FusionConfig.from_json(config_path)
+        tokenizer_dir = directory / TOKENIZER_DIR
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir.is_dir() else None
+        model = cls(
+            config,
+            load_language_model(config.language_model, "random"),
+            load_vision_tower(config.vision_tower, "random"),
+            tokenizer,
+        )
+        safetensors.torch.load_model(model, directory / WEIGHTS_FILE, strict=True)
+        logger.info("FUSION model %r loaded from %s", config.name, directory)
+        return model.eval()  # like Hugging Face from_pretrained: call .train() to fine-tune
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """config.json (with the backbone architectures inlined), model.safetensors, and the tokenizer."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.saved_config().to_json(directory / CONFIG_FILE)
+        safetensors.torch.save_model(self, str(directory / WEIGHTS_FILE))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+
+    def saved_config(self) -> FusionConfig:
+        """This model's config, self-contained: the backbones are described by their live architectures."""
+        config = copy.deepcopy(self.config)
+        lm = config.language_model
+        lm.source = lm.python_package = lm.gguf_file = lm.tokenizer_source = None
+        lm.architecture = architecture_dict(self.language_model)
+        vision = config.vision_tower
+        vision.source = None
+        vision.architecture = architecture_dict(self.vision.tower)
+        vision.drop_last_layers = 0  # the saved architecture already counts only the kept blocks
+        return config
+
+    def attach_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Add the vision special tokens, grow the embeddings if needed, and build the sequence builder."""
+        added = add_vision_tokens(tokenizer, self.config.sequence)
+        embeddings = self.language_model.get_input_embeddings()
+        if len(tokenizer) > embeddings.num_embeddings:
+            self.language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        if added:
+            new_ids = tokenizer.convert_tokens_to_ids(
+                [self.config.sequence.vision_start_token, self.config.sequence.vision_end_token]
+            )
+            self._initialise_rows_to_mean(new_ids)
+            logger.info("added %d vision special tokens, embeddings initialised to the mean row", added)
+        self.tokenizer = tokenizer
+        self._sequence_builder = SequenceBuilder(tokenizer, self.config, self.native_image_grid)
+
+    @property
+    def sequence_builder(self) -> SequenceBuilder:
+        if self._sequence_builder is None:
+            raise RuntimeError("this FUSION model has no tokenizer: call attach_tokenizer(tokenizer) first")
+        return self._sequence_builder
+
+    @torch.no_grad()
+    def _initialise_rows_to_mean(self, token_ids: list[int]) -> None:
+        tables = [self.language_model.get_input_embeddings().weight]
+        output = self.language_model.get_output_embeddings()
+        if output is not None and output.weight is not tables[0]:
+            tables.append(output.weight)
+        for table in tables:
+            keep = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
+            keep[token_ids] = False
+            table[token_ids] = table[keep].mean(dim=0, keepdim=True).to(table.dtype)
+
+    def _check_image_geometry(self, tower: VisionTower) -> int:
+        image_size = self.config.image.image_size
+        patch = self.vision.patch_size
+        if image_size < patch:
+            raise ConfigError(f"image.image_size={image_size} is smaller than the ViT patch size {patch}")
+        if isinstance(tower, SiglipVisionModel) and tower.config.image_size != image_size:
+            raise ConfigError(
+                f"image.image_size={image_size} differs from the vision tower's image_size {tower.config.image_size}"
+            )
+        return image_size // patch  # the patch convolution drops a remainder (384 px / patch 14 -> 27)
+
+    # -- components, freezing, parameter counts -------------------------------------------------------------------
+    def components(self) -> dict[str, nn.Module]:
+        parts: dict[str, nn.Module | None] = {
+            "language_model": self.language_model,
+            "vision_tower": self.vision,
+            "mm_projector": self.mm_projector,
+            "aux_projector": self.aux_projector,
+            "interaction_layers": self.card,
+        }
+        return {name: module for name, module in parts.items() if module is not None}
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {name: sum(p.numel() for p in module.parameters()) for name, module in self.components().items()}
+
+    def parameter_table(self) -> str:
+        counts = self.parameter_counts()
+        total = sum(counts.values())
+        lines = [f"{'component':<20}{'parameters':>16}{'share':>9}"]
+        lines += [f"{name:<20}{count:>16,}{count / total:>9.1%}" for name, count in counts.items()]
+        lines.append(f"{'total':<20}{total:>16,}")
+        return "\n".join(lines)
+
+    def set_trainable(self, trainable: dict[str, bool]) -> None:
+        """Freeze or unfreeze whole components by name; logs what is frozen and what is trained."""
+        parts = self.components()
+        unknown = sorted(set(trainable) - set(parts))
+        if unknown:
+            raise KeyError(f"unknown FUSION component(s) {unknown}; known: {sorted(parts)}")
+        for name, flag in trainable.items():
+            parts[name].requires_grad_(flag)
+        self._log_components("trainable state changed")
+
+    def _log_components(self, reason: str) -> None:
+        for name, module in self.components().items():
+            params = list(module.parameters())
+            trained = sum(p.numel() for p in params if p.requires_grad)
+            state = "trained" if trained == sum(p.numel() for p in params) else "frozen" if trained == 0 else "partly"
+            logger.info("%s: %s %s (%s parameters)", reason, name, state, f"{sum(p.numel() for p in params):,}")
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute decoder and ViT blocks in backward (active in training mode). The CARD hooks stay outside
+        the recomputed block forward, so they run once per step."""
+        for backbone in (self.language_model, self.vision.tower):
+            if hasattr(backbone, "activation_checkpointing_enable"):
+                backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # -- forward --------------------------------------------------------------------------------------------------
+    def forward(self, batch: FusionBatch) -> FusionOutput:
+        compute_dsm = batch.labels is not None and self.config.dsm_weight > 0
+        embeddings, card_context, dsm = self.prepare_inputs(batch, compute_dsm=compute_dsm)
+        with self.card_context(card_context):
+            output = self.language_model(
+                inputs_embeds=embeddings,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            )
+        logits = output.logits
+        if batch.labels is None:
+            return FusionOutput(logits=logits, loss=None, lm_loss=None, dsm_text=None, dsm_image=None)
+        lm_loss = causal_lm_loss(logits, batch.labels)
+        loss = lm_loss if dsm is None else lm_loss + self.config.dsm_weight * dsm.total
+        return FusionOutput(
+            logits=logits,
+            loss=loss,
+            lm_loss=lm_loss,
+            dsm_text=None if dsm is None else dsm.text,
+            dsm_image=None if dsm is None else dsm.image,
+        )
+
+    @contextlib.contextmanager
+    def card_context(self, context: CardContext | None) -> Iterator[None]:
+        if self.card is None:
+            yield
+        else:
+            with self.card.active(context):
+                yield
+
+    def prepare_inputs(
+        self, batch: FusionBatch, compute_dsm: bool
+    ) -> tuple[torch.Tensor, CardContext | None, DsmTerms | None]:
+        """LLM input embeddings with image tokens and initial latents scattered in, the CARD context, DSM terms."""
+        embed = self.language_model.get_input_embeddings()
+        embeddings = embed(batch.input_ids)
+        if batch.num_images == 0:
+            # Text-only batch: nothing to encode. DSM has no term to compute (both need an image pass).
+            return embeddings, None, None
+        features = self.encode_images(batch, compute_dsm)
+        image_rows = torch.nonzero(batch.has_image).squeeze(1)
+        rows = image_rows[:, None].expand_as(batch.image_positions)
+        embeddings = embeddings.index_put((rows, batch.image_positions), features.image_tokens.to(embeddings.dtype))
+
+        context = None
+        if self.card is not None and batch.latent_count > 0 and batch.latent_positions.numel() > 0:
+            if features.tile_map is None:
+                raise RuntimeError("CARD needs the tile map but none was encoded")
+            if batch.latent_positions.shape[1] != batch.latent_count:
+                raise ValueError(
+                    f"batch.latent_positions has {batch.latent_positions.shape[1]} slots per block, "
+                    f"latent_count is {batch.latent_count}"
+                )
+            block_images = batch.image_index_of_rows()[batch.latent_rows]
+            if bool((block_images < 0).any()):
+                raise ValueError("batch has latent blocks on text-only rows")
+            latents = initial_latents(features.tile_map, batch.latent_count)[block_images]
+            latent_rows = batch.latent_rows[:, None].expand_as(batch.latent_positions)
+            embeddings = embeddings.index_put((latent_rows, batch.latent_positions), latents.to(embeddings.dtype))
+            context = CardContext(
+                latent_positions=batch.latent_positions,
+                latent_rows=batch.latent_rows,
+                question_end_positions=batch.question_end_positions,
+                windows=latent_windows(features.tile_map, batch.latent_count, self.config.card.window_size),
+                block_images=block_images,
+            )
+        return embeddings, context, features.dsm
+
+    def encode_images(self, batch: FusionBatch, compute_dsm: bool) -> _ImageFeatures:
+        pixels = batch.pixel_values  # the tower's embedding casts pixels to its own dtype
+        num_images, views = pixels.shape[:2]
+        projector_dtype = self.mm_projector[0].weight.dtype
+        needs_tiles = self.card is not None and batch.latent_count > 0
+        full_views = pixels[:, -1]
+        tiles = pixels[:, :-1].flatten(0, 1)
+
+        tile_features = None
+        question_embeddings = None
+        if self.config.use_tune:
+            question_embeddings = self.language_model.get_input_embeddings()(batch.vit_text_ids)
+            encoding = self.vision(full_views, self.aux_projector(question_embeddings), batch.vit_text_mask)
+            if needs_tiles:
+                tile_features = self.vision(tiles).features
+        elif needs_tiles:
+            # Without text the full view and the tiles share one ViT batch.
+            encoding = self.vision(pixels.flatten(0, 1))
+            per_view = encoding.features.unflatten(0, (num_images, views))
+            tile_features = per_view[:, :-1].flatten(0, 1)
+            encoding.features = per_view[:, -1]
+            encoding.patch_embeddings = encoding.patch_embeddings.unflatten(0, (num_images, views))[:, -1]
+        else:
+            encoding = self.vision(full_views)
+
+        projected = self.mm_projector(encoding.features.to(projector_dtype))
+        num_patches = encoding.patch_embeddings.shape[1]
+        image_tokens = projected[:, :num_patches]
+
+        dsm = None
+        if compute_dsm and self.aux_projector is not None and question_embeddings is not None:
+            dsm = dual_semantic_mapping_loss(
+                question_embeddings=question_embeddings,
+                rebuilt_question=projected[:, num_patches:],
+                question_mask=batch.vit_text_mask,
+                patch_embeddings=encoding.patch_embeddings,  # cast to float inside the loss
+                rebuilt_patches=self.aux_projector(image_tokens),
+                # Only image samples reach the ViT, so every row here is a real image (never a blank).
+                image_present=torch.ones(num_images, dtype=torch.bool, device=pixels.device),
+            )
+
+        if batch.image_grid != self.native_image_grid:
+            image_tokens = interpolate_image_tokens(image_tokens, batch.image_grid)
+        if batch.image_positions.shape[1] != image_tokens.shape[1]:
+            raise ValueError(
+                f"batch has {batch.image_positions.shape[1]} image slots per image, the model makes "
+                f"{image_tokens.shape[1]} tokens (grid {batch.image_grid})"
+            )
+        tile_map = None
+        if tile_features is not None:
+            tile_map = stitch_tiles(self.mm_projector(tile_features.to(projector_dtype)), self.config.image.tile_grid)
+        return _ImageFeatures(image_tokens=image_tokens, tile_map=tile_map, dsm=dsm)
+
+    # -- generation -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        batch: FusionBatch,
+        *,
+        max_new_tokens: int = 64,
+        stop_token_ids: Sequence[int] = (),
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        pad_token_id: int = 0,
+    ) -> torch.Tensor:
+        """(B, T) new token ids for a left-padded generation batch; rows are padded after their stop token.
+
+        The prefill runs the interaction layers (explicit CARD context); decode steps reuse the KV cache and run
+        the stock decoder only.
+        """
+        embeddings, context, _ = self.prepare_inputs(batch, compute_dsm=False)
+        cache = DynamicCache(config=self.language_model.config)
+        attention_mask = batch.attention_mask
+        with self.card_context(context):
+            output = self.language_model(
+                inputs_embeds=embeddings,
+                attention_mask=attention_mask,
+                position_ids=batch.position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        next_positions = batch.position_ids[:, -1] + 1
+        stop = torch.tensor(list(stop_token_ids), dtype=torch.long, device=attention_mask.device)
+        finished = torch.zeros(batch.batch_size, dtype=torch.bool, device=attention_mask.device)
+        generated: list[torch.Tensor] = []
+        logits = output.logits[:, -1]
+        for step in range(max_new_tokens):
+            tokens = self._choose_tokens(logits, do_sample, temperature, top_k, top_p, generator)
+            # Finished rows report padding but keep feeding a real token id (the pad id need not be embeddable).
+            generated.append(torch.where(finished, torch.full_like(tokens, pad_token_id), tokens))
+            finished |= torch.isin(tokens, stop)
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch.batch_size, 1)], dim=1)
+            output = self.language_model(
+                input_ids=tokens[:, None],
+                attention_mask=attention_mask,
+                position_ids=next_positions[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            next_positions = next_positions + 1
+            logits = output.logits[:, -1]
+        if not generated:
+            return torch.zeros(batch.batch_size, 0, dtype=torch.long, device=attention_mask.device)
+        return torch.stack(generated, dim=1)
+
+    @staticmethod
+    def _choose_tokens(
+        logits: torch.Tensor,
+        do_sample: bool,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        if not do_sample:
+            return logits.argmax(dim=-1)
+        scores = logits.float() / max(temperature, 1e-5)
+        if top_k > 0:
+            kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if top_p < 1.0:
+            sorted_scores, order = scores.sort(dim=-1, descending=True)
+            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+            drop_sorted = cumulative - sorted_scores.softmax(dim=-1) > top_p  # always keeps the best token
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Sequence[Image.Image | None],
+        conversations: Sequence[Conversation],
+        *,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Answer the last human turn of each conversation (batched; Q fixed to card.eval_latent_count)."""
+        if len(images) != len(conversations):
+            raise ValueError(f"{len(images)} images for {len(conversations)} conversations")
+        builder = self.sequence_builder
+        device = self.mm_projector[0].weight.device
+        batch = builder.collate(list(zip(images, conversations)), for_generation=True).to(device)
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        stop_ids = builder.stop_token_ids()
+        new_ids = self.generate_ids(
+            batch,
+            max_new_tokens=max_new_tokens,
+            stop_token_ids=stop_ids,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+            pad_token_id=builder.pad_id,
+        )
+        answers = []
+        for row in new_ids.tolist():
+            cut = next((index for index, token in enumerate(row) if token in stop_ids), len(row))
+            answers.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        return answers

