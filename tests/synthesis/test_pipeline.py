@@ -148,3 +148,17 @@ def test_output_of_another_config_is_not_mixed(synth_output, tmp_path):
     # Placement settings do not change the data, so they may differ on resume.
     synthesize(small_config("ray.workers=1"), out, use_ray=False)
     assert yaml.safe_load((out / "config.yaml").read_text())["ray"]["workers"] == 1
+
+
+def test_secrets_in_the_environment_never_reach_the_output(tmp_path, monkeypatch, capsys):
+    secrets = {"HF_TOKEN": "hf_secretvalue123", "RAY_AUTH_TOKEN": "raysecretvalue456",
+               "AWS_SECRET_ACCESS_KEY": "awssecretvalue789"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    synthesize(small_config("categories={SynthText: {train: 5, test: 5}}"), tmp_path / "out", use_ray=False)
+    printed = capsys.readouterr()
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert not any(value.encode() in content for value in secrets.values()), path
+    assert not any(value in printed.out + printed.err for value in secrets.values())

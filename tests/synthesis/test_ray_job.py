@@ -41,9 +41,14 @@ def ray_head():
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     dashboard_port = free_port()
-    start = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
-             "--num-cpus", "2", "--include-dashboard=true", "--dashboard-host", "127.0.0.1",
-             "--dashboard-port", str(dashboard_port), "--temp-dir", temp_dir, "--disable-usage-stats"]
+    # Every listener on its own free port, so this head never collides with another Ray on the machine
+    # (the tests' embedded one holds the default agent ports).
+    ports = {flag: str(free_port()) for flag in (
+        "--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+        "--metrics-export-port", "--ray-client-server-port", "--node-manager-port", "--object-manager-port")}
+    start = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+             "--include-dashboard=true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+             "--temp-dir", temp_dir, "--disable-usage-stats", *[a for flag, port in ports.items() for a in (flag, port)]]
     subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
     try:
         yield f"http://127.0.0.1:{dashboard_port}", env
