@@ -1,7 +1,17 @@
 """The explicit batch contract between sequence building (collate) and the FUSION forward pass.
 
-Per-image tensors hold only the samples that have an image (NI of the B samples, in batch order): text-only
-samples have no pixels, no ViT text, no image slots and no latent blocks.
+Rows fall into two groups, each kept in batch order:
+
+* per-image tensors (NI rows) hold the samples that have an image: pixels, image slots, and the ViT text that
+  guides their full view (`vit_text_*`);
+* per-text-only tensors (NT = B - NI rows) hold the samples without one: only their ViT text
+  (`text_only_vit_text_*`), built with the same policy and cap as an image sample's. It is read only for the DSM
+  text term (training with dsm_weight > 0), where it passes through the ViT blocks alone; generation never
+  encodes it.
+
+Text-only samples have no pixels, no image slots and no latent blocks. Each group is padded to its own longest
+text, and padding is marked by the explicit masks only (never inferred from a token id). Without TUNE both ViT
+texts are empty (width 0).
 """
 
 from __future__ import annotations
@@ -23,8 +33,10 @@ class FusionBatch:
     pixel_values: torch.Tensor  # (NI, tiles + 1, 3, H, W): static_hd tiles row-major, then the full view
     image_positions: torch.Tensor  # (NI, G*G) sequence positions of the image tokens of each image sample
     image_grid: int  # G: side of the image-token grid in the sequence (native grid, or FUSION-L's)
-    vit_text_ids: torch.Tensor  # (NI, Lt) question ids for the text-guided ViT pass
+    vit_text_ids: torch.Tensor  # (NI, Lt) question ids for the text-guided ViT pass of each image sample
     vit_text_mask: torch.Tensor  # (NI, Lt) bool: real question tokens (padding is never inferred from ids)
+    text_only_vit_text_ids: torch.Tensor  # (NT, Lu) question ids of each text-only sample (DSM text term only)
+    text_only_vit_text_mask: torch.Tensor  # (NT, Lu) bool: real question tokens of text-only samples
     latent_count: int  # Q for this batch (0 when CARD is off)
     latent_positions: torch.Tensor  # (NB, Q) sequence positions of every latent block in the batch
     latent_rows: torch.Tensor  # (NB,) batch row of each latent block

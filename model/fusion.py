@@ -33,7 +33,7 @@ from model.batch import FusionBatch
 from model.card import CardContext, CardInteraction, initial_latents, latent_windows, stitch_tiles
 from model.config import ConfigError, FusionConfig
 from model.connector import MlpProjector
-from model.dsm import DsmTerms, dual_semantic_mapping_loss
+from model.dsm import DsmTerms, Reconstruction, dual_semantic_mapping_loss
 from model.sequence import IGNORE_INDEX, Conversation, SequenceBuilder, add_vision_tokens
 from model.vision import TextGuidedVisionEncoder
 
@@ -49,6 +49,8 @@ class FusionOutput:
     logits: torch.Tensor  # (B, L, V)
     loss: torch.Tensor | None  # lm_loss + dsm_weight * (dsm_text + dsm_image)
     lm_loss: torch.Tensor | None
+    # DSM terms (None when DSM is not computed): text over the question tokens of all samples, image over the
+    # patches of image samples (zero in a batch without images); see model.dsm.
     dsm_text: torch.Tensor | None
     dsm_image: torch.Tensor | None
 
@@ -57,7 +59,8 @@ class FusionOutput:
 class _ImageFeatures:
     image_tokens: torch.Tensor  # (NI, G*G, D) tokens placed in the LLM sequence
     tile_map: torch.Tensor | None  # (NI, g*s, g*s, D) stitched tile map in LLM space (CARD only)
-    dsm: DsmTerms | None
+    rebuilt_question: Reconstruction | None  # DSM text term of the image samples (when DSM is computed)
+    rebuilt_patches: Reconstruction | None  # DSM image term (when DSM is computed)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -290,13 +293,34 @@ class FusionModel(nn.Module):
     def prepare_inputs(
         self, batch: FusionBatch, compute_dsm: bool
     ) -> tuple[torch.Tensor, CardContext | None, DsmTerms | None]:
-        """LLM input embeddings with image tokens and initial latents scattered in, the CARD context, DSM terms."""
-        embed = self.language_model.get_input_embeddings()
-        embeddings = embed(batch.input_ids)
-        if batch.num_images == 0:
-            # Text-only batch: nothing to encode. DSM has no term to compute (both need an image pass).
-            return embeddings, None, None
-        features = self.encode_images(batch, compute_dsm)
+        """LLM input embeddings with image tokens and initial latents scattered in, the CARD context, DSM terms.
+
+        DSM is computed only when asked (training with dsm_weight > 0, which config validation ties to TUNE); only
+        then do text-only samples get a ViT pass, of their question alone.
+        """
+        embeddings = self.language_model.get_input_embeddings()(batch.input_ids)
+        context = None
+        rebuilt_questions: list[Reconstruction] = []
+        rebuilt_patches: list[Reconstruction] = []
+        if batch.num_images > 0:
+            features = self.encode_images(batch, compute_dsm)
+            embeddings, context = self._insert_image_features(embeddings, batch, features)
+            if features.rebuilt_question is not None:
+                rebuilt_questions.append(features.rebuilt_question)
+            if features.rebuilt_patches is not None:
+                rebuilt_patches.append(features.rebuilt_patches)
+        if not compute_dsm:
+            return embeddings, context, None
+        text_only_question = self.rebuild_text_only_questions(batch)
+        if text_only_question is not None:
+            rebuilt_questions.append(text_only_question)
+        dsm = dual_semantic_mapping_loss(rebuilt_questions, rebuilt_patches, device=embeddings.device)
+        return embeddings, context, dsm
+
+    def _insert_image_features(
+        self, embeddings: torch.Tensor, batch: FusionBatch, features: _ImageFeatures
+    ) -> tuple[torch.Tensor, CardContext | None]:
+        """Scatter the image tokens and initial latents into the embeddings; build the CARD context."""
         image_rows = torch.nonzero(batch.has_image).squeeze(1)
         rows = image_rows[:, None].expand_as(batch.image_positions)
         embeddings = embeddings.index_put((rows, batch.image_positions), features.image_tokens.to(embeddings.dtype))
@@ -323,7 +347,25 @@ class FusionModel(nn.Module):
                 windows=latent_windows(features.tile_map, batch.latent_count, self.config.card.window_size),
                 block_images=block_images,
             )
-        return embeddings, context, features.dsm
+        return embeddings, context
+
+    def rebuild_text_only_questions(self, batch: FusionBatch) -> Reconstruction | None:
+        """The DSM text term's pairs for text-only samples (None when none has ViT text).
+
+        Their question embeddings go through the aux projector and the ViT blocks alone (no patch tokens, padding
+        by the explicit mask), then the same connector and mm projector as the image samples' question.
+        """
+        if self.aux_projector is None:
+            raise RuntimeError("the DSM text term needs the aux projector, which exists only with use_tune")
+        # A row without ViT text (every question empty) has nothing to rebuild and, with no patches, no key.
+        has_text = batch.text_only_vit_text_mask.any(dim=1)
+        ids, mask = batch.text_only_vit_text_ids[has_text], batch.text_only_vit_text_mask[has_text]
+        if ids.numel() == 0:
+            return None
+        question_embeddings = self.language_model.get_input_embeddings()(ids)
+        features = self.vision.encode_text(self.aux_projector(question_embeddings), mask)
+        rebuilt = self.mm_projector(features.to(self.mm_projector[0].weight.dtype))
+        return Reconstruction(target=question_embeddings, rebuilt=rebuilt, mask=mask)
 
     def encode_images(self, batch: FusionBatch, compute_dsm: bool) -> _ImageFeatures:
         pixels = batch.pixel_values  # the tower's embedding casts pixels to its own dtype
@@ -354,17 +396,13 @@ class FusionModel(nn.Module):
         num_patches = encoding.patch_embeddings.shape[1]
         image_tokens = projected[:, :num_patches]
 
-        dsm = None
+        rebuilt_question = rebuilt_patches = None
         if compute_dsm and self.aux_projector is not None and question_embeddings is not None:
-            dsm = dual_semantic_mapping_loss(
-                question_embeddings=question_embeddings,
-                rebuilt_question=projected[:, num_patches:],
-                question_mask=batch.vit_text_mask,
-                patch_embeddings=encoding.patch_embeddings,  # cast to float inside the loss
-                rebuilt_patches=self.aux_projector(image_tokens),
-                # Only image samples reach the ViT, so every row here is a real image (never a blank).
-                image_present=torch.ones(num_images, dtype=torch.bool, device=pixels.device),
+            rebuilt_question = Reconstruction(
+                target=question_embeddings, rebuilt=projected[:, num_patches:], mask=batch.vit_text_mask
             )
+            # Only image samples reach this pass, so every row is a real image (never a blank) and every patch counts.
+            rebuilt_patches = Reconstruction(target=encoding.patch_embeddings, rebuilt=self.aux_projector(image_tokens))
 
         if batch.image_grid != self.native_image_grid:
             image_tokens = interpolate_image_tokens(image_tokens, batch.image_grid)
@@ -376,7 +414,12 @@ class FusionModel(nn.Module):
         tile_map = None
         if tile_features is not None:
             tile_map = stitch_tiles(self.mm_projector(tile_features.to(projector_dtype)), self.config.image.tile_grid)
-        return _ImageFeatures(image_tokens=image_tokens, tile_map=tile_map, dsm=dsm)
+        return _ImageFeatures(
+            image_tokens=image_tokens,
+            tile_map=tile_map,
+            rebuilt_question=rebuilt_question,
+            rebuilt_patches=rebuilt_patches,
+        )
 
     # -- generation -----------------------------------------------------------------------------------------------
     @torch.no_grad()

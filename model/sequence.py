@@ -10,8 +10,9 @@ template works without knowing its header strings. Layout of an image sample (pa
 
 Only answer tokens and the end-of-turn token after each answer are supervised. The question-end marker of a turn is
 the token just before its answer (the last token of the assistant header). Text-only samples get no vision tokens
-and no latent blocks at all. Truncation drops whole trailing turns (or the tail of the first answer), so every kept
-latent block keeps its question end.
+and no latent blocks at all, but (with TUNE) the same ViT text as an image sample, for the DSM text term.
+Truncation drops whole trailing turns (or the tail of the first answer), so every kept latent block keeps its
+question end.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class EncodedSample:
     image_positions: list[int]
     latent_starts: list[int]  # first position of each latent block (one per kept turn of an image sample)
     question_ends: list[int]  # question-end position of each kept turn
-    vit_text_ids: list[int]
+    vit_text_ids: list[int]  # with TUNE, for every sample: image or text-only, one policy and cap
     pixel_values: torch.Tensor | None
 
 
@@ -176,7 +177,7 @@ class SequenceBuilder:
             image_positions=layout.image_positions,
             latent_starts=layout.latent_starts[:kept_turns] if latents_per_turn else [],
             question_ends=layout.question_ends[:kept_turns],
-            vit_text_ids=self._vit_text_ids(turns[:kept_turns]) if has_image and self.config.use_tune else [],
+            vit_text_ids=self._vit_text_ids(turns[:kept_turns]) if self.config.use_tune else [],
             pixel_values=self.image_processor(image) if has_image else None,
         )
 
@@ -230,13 +231,10 @@ class SequenceBuilder:
             [[p + offsets[row] for p in encoded[row].image_positions] for row in image_rows], dtype=torch.long
         ).reshape(len(image_rows), grid * grid)
 
-        text_length = max((len(encoded[row].vit_text_ids) for row in image_rows), default=0)
-        vit_text_ids = torch.full((len(image_rows), text_length), self.pad_id, dtype=torch.long)
-        vit_text_mask = torch.zeros((len(image_rows), text_length), dtype=torch.bool)
-        for index, row in enumerate(image_rows):
-            ids = encoded[row].vit_text_ids
-            vit_text_ids[index, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            vit_text_mask[index, : len(ids)] = True
+        vit_text_ids, vit_text_mask = self._pad_vit_texts([encoded[row].vit_text_ids for row in image_rows])
+        text_only_vit_text_ids, text_only_vit_text_mask = self._pad_vit_texts(
+            [sample.vit_text_ids for sample in encoded if sample.pixel_values is None]
+        )
 
         starts, rows, question_ends = [], [], []
         for row, sample in enumerate(encoded):
@@ -259,6 +257,8 @@ class SequenceBuilder:
             image_grid=grid,
             vit_text_ids=vit_text_ids,
             vit_text_mask=vit_text_mask,
+            text_only_vit_text_ids=text_only_vit_text_ids,
+            text_only_vit_text_mask=text_only_vit_text_mask,
             latent_count=latent_count,
             latent_positions=latent_positions,
             latent_rows=torch.tensor(rows, dtype=torch.long),
@@ -266,6 +266,16 @@ class SequenceBuilder:
         )
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _pad_vit_texts(self, texts: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, longest) right-padded ids and the bool mask of real tokens for N ViT texts."""
+        length = max((len(ids) for ids in texts), default=0)
+        padded = torch.full((len(texts), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), length), dtype=torch.bool)
+        for index, ids in enumerate(texts):
+            padded[index, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[index, : len(ids)] = True
+        return padded, mask
+
     def _render(self, system: str | None, turns: list[Turn], for_generation: bool, has_image: bool) -> str:
         messages: list[dict[str, Any]] = []
         if system is not None:

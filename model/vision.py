@@ -8,6 +8,9 @@ attention mask per block:
 * early blocks (`early_layers`, default half): vision queries may not attend to text keys, so early blocks learn
   purely visual features; text queries still see the image.
 
+`encode_text` runs text alone through the same blocks (the DSM text term of text-only samples): with no patches
+there are no vision queries, so early and late blocks share the padding mask.
+
 The multi-level connector input is concat(h_N, mean(h_0..h_{E-1}), mean(h_E..h_{N-1})) where h_0 is the block input,
 h_k the output of block k, N the number of kept blocks and E the early count. (The released SigLIP2 code skipped
 h_{N-1} in the late mean; here the late half is every block input from E to N-1.)
@@ -35,7 +38,8 @@ def vision_text_attention_masks(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive masks (N, 1, P+Lt, P+Lt) for late blocks (padding only) and early blocks (padding + vision->text).
 
-    Every query row keeps at least the P patch keys, so no row is fully masked.
+    With patches, every query row keeps at least the P patch keys, so no row is fully masked. With num_patches = 0
+    both masks are the padding mask, and a row keeps a key only if it has a real text token (see `encode_text`).
     """
     batch, text_length = text_mask.shape
     blocked = torch.finfo(dtype).min
@@ -106,7 +110,24 @@ class TextGuidedVisionEncoder(nn.Module):
                 raise ValueError("text_mask is required with text_embeddings (padding is never inferred from ids)")
             hidden = torch.cat([patches, text_embeddings.to(patches.dtype)], dim=1)
             late_mask, early_mask = vision_text_attention_masks(num_patches, text_mask, patches.dtype)
+        return VisionEncoding(features=self._connector_input(hidden, early_mask, late_mask), patch_embeddings=patches)
 
+    def encode_text(self, text_embeddings: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Connector input (N, Lt, C_out) for (N, Lt, C) text embeddings run through the blocks with no patches.
+
+        Every row needs a real text token: without patches, a row of padding only would have no key to attend to.
+        """
+        rows_without_text = torch.nonzero(~text_mask.any(dim=1)).flatten().tolist()
+        if rows_without_text:
+            raise ValueError(f"text_mask rows {rows_without_text} have no real token: drop them before encode_text")
+        dtype = self.tower.dtype
+        padding_mask, _ = vision_text_attention_masks(0, text_mask, dtype)
+        return self._connector_input(text_embeddings.to(dtype), padding_mask, padding_mask)
+
+    def _connector_input(
+        self, hidden: torch.Tensor, early_mask: torch.Tensor | None, late_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Run the kept blocks on `hidden` (h_0) and return the multi-level (or last-layer) connector input."""
         early_sum = late_sum = None
         for index, layer in enumerate(self.tower.encoder.layers):
             is_early = index < self.early_layers
@@ -117,10 +138,8 @@ class TextGuidedVisionEncoder(nn.Module):
                     late_sum = hidden if late_sum is None else late_sum + hidden
             hidden = layer(hidden, early_mask if is_early else late_mask)
 
-        if self.multi_level:
-            early_mean = early_sum / self.early_layers
-            late_mean = late_sum / (self.num_layers - self.early_layers)
-            features = torch.cat([hidden, early_mean, late_mean], dim=-1)
-        else:
-            features = hidden
-        return VisionEncoding(features=features, patch_embeddings=patches)
+        if not self.multi_level:
+            return hidden
+        early_mean = early_sum / self.early_layers
+        late_mean = late_sum / (self.num_layers - self.early_layers)
+        return torch.cat([hidden, early_mean, late_mean], dim=-1)

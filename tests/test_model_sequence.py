@@ -55,8 +55,29 @@ def test_image_sample_layout_labels_and_question_ends(builder):
 def test_text_only_sample_has_no_vision_tokens_or_latents(builder):
     sample = builder.encode(None, TEXT_CONVERSATION, latent_count=4)
     assert builder.vision_start_id not in sample.input_ids and builder.vision_end_id not in sample.input_ids
-    assert sample.image_positions == [] and sample.latent_starts == [] and sample.vit_text_ids == []
+    assert sample.image_positions == [] and sample.latent_starts == []
     assert sample.pixel_values is None and len(sample.question_ends) == 1
+    assert decode(builder, sample.vit_text_ids) == "Count the balloons."  # for the DSM text term only
+
+
+def test_text_only_vit_text_is_what_the_same_conversation_gives_with_an_image(builder):
+    without_placeholder = [{**IMAGE_CONVERSATION[0], "value": "What colour is the ball?"}, *IMAGE_CONVERSATION[1:]]
+    with_image = builder.encode(make_image(0), IMAGE_CONVERSATION, latent_count=4)
+    text_only = builder.encode(None, without_placeholder, latent_count=4)
+    cap = builder.config.tune.vit_text_max_tokens
+    assert text_only.vit_text_ids == with_image.vit_text_ids and len(text_only.vit_text_ids) == cap  # policy, cap
+
+    batch = builder.collate(
+        [(None, without_placeholder), (make_image(1), SHORT_IMAGE_CONVERSATION), (None, TEXT_CONVERSATION)],
+        latent_count=4,
+    )
+    image_batch = builder.collate([(make_image(0), IMAGE_CONVERSATION)], latent_count=4)
+    assert batch.vit_text_ids.shape[0] == 1 and batch.text_only_vit_text_ids.shape[0] == 2  # own groups, own padding
+    assert torch.equal(batch.text_only_vit_text_ids[0], image_batch.vit_text_ids[0])
+    assert torch.equal(batch.text_only_vit_text_mask[0], image_batch.vit_text_mask[0])
+    short = builder.encode(None, TEXT_CONVERSATION, latent_count=4).vit_text_ids
+    assert batch.text_only_vit_text_ids[1, : len(short)].tolist() == short
+    assert batch.text_only_vit_text_mask[1].tolist() == [True] * len(short) + [False] * (cap - len(short))
 
 
 def test_truncation_keeps_whole_turns_and_their_latent_blocks(builder):

@@ -71,6 +71,31 @@ def test_mask_blocks_exactly_vision_rows_on_text_columns_in_early_layers():
     assert torch.equal(late[0, 0], expected_late) and torch.equal(early[0, 0], expected_early)
 
 
+def test_text_only_pass_has_only_the_padding_mask_and_no_fully_masked_row(tiny_checkpoints):
+    text_mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    late, early = vision_text_attention_masks(0, text_mask, torch.float32)
+    assert late.shape == (2, 1, 5, 5) and torch.equal(late, early)  # no vision queries: padding only
+    assert torch.all(late[0, 0, :, 3:] == torch.finfo(torch.float32).min) and torch.all(late[0, 0, :, :3] == 0)
+
+    torch.manual_seed(0)
+    encoder = tiny_encoder(tiny_checkpoints, attn_implementation="eager")
+    text = torch.randn(2, 5, 32)
+    captured, handles = capture_attention_weights(encoder)
+    with torch.no_grad():
+        features = encoder.encode_text(text, text_mask)
+        alone = encoder.encode_text(text[:1, :3], text_mask[:1, :3])
+    for handle in handles:
+        handle.remove()
+    assert features.shape == (2, 5, 3 * 32) and torch.isfinite(features).all()
+    for weights in captured[:4]:  # (N, heads, Lt, Lt) of the padded call
+        assert torch.allclose(weights.sum(-1), torch.ones_like(weights.sum(-1)), atol=1e-5)
+        assert torch.all(weights[0, :, :, 3:] == 0)  # padded keys get no weight
+    assert torch.allclose(features[0, :3], alone[0], atol=1e-5)  # padding changes nothing
+
+    with pytest.raises(ValueError, match=r"text_mask rows \[1\] have no real token"):
+        encoder.encode_text(text, torch.tensor([[True] * 5, [False] * 5]))
+
+
 def test_padding_comes_from_the_mask_not_from_token_id_zero(tiny_model, tiny_checkpoints):
     """Id 0 is a real token in many vocabularies (Llama-3: '!'); only the mask marks padding."""
     builder = tiny_model.sequence_builder
