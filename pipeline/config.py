@@ -30,8 +30,9 @@ class Strict(BaseModel):
 
 class RayConfig(Strict):
     address: str | None = Field(None, description="Ray cluster address; None uses RAY_ADDRESS or an embedded local Ray")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray; None uses all cores")
-    workers: int | None = Field(None, ge=1, description="Work units processed at once per CPU stage; None uses all CPUs")
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPU slots of the embedded local Ray, i.e. units worked on at once; None: every core"
+    )
     temp_dir: str | None = Field(None, description="Session folder of the embedded local Ray")
     progress: bool = True
 
@@ -56,7 +57,9 @@ class CategoryConfig(Strict):
 class StageResources(Strict):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
-    concurrency: int | None = Field(None, ge=1, description="Workers for this stage; None follows ray.workers")
+    concurrency: int | None = Field(
+        None, ge=1, description="Actors of a model stage (default 1); for other stages, a cap on tasks at once"
+    )
 
 
 class StageSpec(Strict):

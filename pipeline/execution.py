@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,9 @@ def run_units_locally(config: RunConfig, units: list[WorkUnit], layout: OutputLa
     """The same work in this process, without Ray: the reference the Ray path is measured and tested against."""
     stages = build_stages(config.stages, context)
     for unit in units:
-        yield write_unit(layout, unit, process_unit(stages, unit, []))
+        start = time.perf_counter()
+        stats = write_unit(layout, unit, process_unit(stages, unit, []))
+        yield {**stats, "busy_seconds": time.perf_counter() - start}
 
 
 def run_units_on_ray(
@@ -76,19 +79,13 @@ def run_units_on_ray(
 ) -> Iterator[dict[str, Any]]:
     """Yield each unit's shard stats as it completes (in completion order). Ray must be initialised."""
     import ray.data
-    from ray.util.debug import log_once
 
-    data_context = ray.data.DataContext.get_current()
-    # The run shows its own progress bar; claiming Ray Data's log-once key silences its warning about that.
-    log_once("ray_data_progress_manager_disabled")
-    data_context.enable_progress_bars = False
-    data_context.print_on_execution_start = False
-
-    rows = [{"unit": json.dumps(u.to_dict()), "records": pickle.dumps([])} for u in units]
-    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     segments = plan_segments(config.stages)
+    _configure_ray_data(segments)
+    rows = [{"unit": json.dumps(u.to_dict()), "records": pickle.dumps([]), "busy_seconds": 0.0} for u in units]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     for index, segment in enumerate(segments):
-        concurrency = segment.specs[0].resources.concurrency or config.ray.workers
+        concurrency = segment.specs[0].resources.concurrency
         stage_args = {
             "specs_json": [spec.model_dump_json() for spec in segment.specs],
             "context": context,
@@ -98,13 +95,27 @@ def run_units_on_ray(
         }
         common = {"batch_size": 1, "batch_format": "pyarrow", **_segment_resources(segment)}
         if segment.uses_model:
-            dataset = dataset.map_batches(
-                _SegmentActor, fn_constructor_kwargs=stage_args, concurrency=concurrency or 1, **common
-            )
+            pool = ray.data.ActorPoolStrategy(size=concurrency or 1)
+            dataset = dataset.map_batches(_SegmentActor, fn_constructor_kwargs=stage_args, compute=pool, **common)
         else:
-            dataset = dataset.map_batches(_run_segment_task, fn_kwargs=stage_args, concurrency=concurrency, **common)
+            tasks = ray.data.TaskPoolStrategy(size=concurrency) if concurrency else None
+            dataset = dataset.map_batches(_run_segment_task, fn_kwargs=stage_args, compute=tasks, **common)
     for row in dataset.iter_rows():
-        yield json.loads(row["stats"])
+        yield {**json.loads(row["stats"]), "busy_seconds": row["busy_seconds"]}
+
+
+def _configure_ray_data(segments: list[Segment]) -> None:
+    """Set every execution option a run depends on (the data context outlives a run in its process)."""
+    import ray.data
+    from ray.util.debug import log_once
+
+    data_context = ray.data.DataContext.get_current()
+    # The run shows its own progress bar; claiming Ray Data's log-once key silences its warning about that.
+    log_once("ray_data_progress_manager_disabled")
+    data_context.enable_progress_bars = False
+    data_context.print_on_execution_start = False
+    # Reservation splits the CPUs between operators; with one operator it only leaves CPUs idle.
+    data_context.op_resource_reservation_enabled = len(segments) > 1
 
 
 def _segment_resources(segment: Segment) -> dict[str, float]:
@@ -122,9 +133,16 @@ def _stages_from_json(specs_json: list[str], context: RunContext, plugins: list[
 
 
 def _process_batch(batch: pa.Table, stages: list[Stage], write_root: str | None) -> pa.Table:
-    """Run the stages on each unit of the batch; return the records, or the shard stats when writing."""
-    units, payloads, stats = [], [], []
-    for unit_json, payload in zip(batch.column("unit").to_pylist(), batch.column("records").to_pylist(), strict=True):
+    """Run the stages on each unit of the batch; return the records, or the shard stats when writing.
+
+    ``busy_seconds`` accumulates the time each unit spent in stages and writing, across segments; it is
+    reported with the stats (never written into them, which must not depend on timing).
+    """
+    units, payloads, stats, busy = [], [], [], []
+    columns = zip(batch.column("unit").to_pylist(), batch.column("records").to_pylist(),
+                  batch.column("busy_seconds").to_pylist(), strict=True)
+    for unit_json, payload, busy_before in columns:
+        start = time.perf_counter()
         unit = WorkUnit.from_dict(json.loads(unit_json))
         records = process_unit(stages, unit, pickle.loads(payload))
         if write_root:
@@ -132,9 +150,14 @@ def _process_batch(batch: pa.Table, stages: list[Stage], write_root: str | None)
         else:
             units.append(unit_json)
             payloads.append(pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
+        busy.append(busy_before + time.perf_counter() - start)
     if write_root:
-        return pa.table({"stats": pa.array(stats, pa.string())})
-    return pa.table({"unit": pa.array(units, pa.string()), "records": pa.array(payloads, pa.large_binary())})
+        return pa.table({"stats": pa.array(stats, pa.string()), "busy_seconds": pa.array(busy, pa.float64())})
+    return pa.table({
+        "unit": pa.array(units, pa.string()),
+        "records": pa.array(payloads, pa.large_binary()),
+        "busy_seconds": pa.array(busy, pa.float64()),
+    })
 
 
 def _run_segment_task(

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ class SynthesisResult:
     manifest: dict[str, Any]
     units_run: int
     units_skipped: int
+    run_seconds: float = 0.0  # wall time of the units run (start-up of Ray included)
+    busy_seconds: float = 0.0  # time workers spent in stages and writing, summed over units
 
     @property
     def card_path(self) -> Path:
@@ -56,12 +59,18 @@ def synthesize(config: RunConfig, out_dir: Path, address: str | None = None, use
         if len(todo) < len(units):
             logger.info("resuming: %d of %d units already complete", len(units) - len(todo), len(units))
         context = RunContext(run_seed=config.seed, jpeg_quality=config.dataset.jpeg_quality, provenance=record_provenance())
+        run_seconds = busy_seconds = 0.0
         if todo:
             already_done = sum(u.num_samples for u in units) - sum(u.num_samples for u in todo)
-            _run_units(config, todo, layout, context, address, use_ray, already_done)
+            start = time.perf_counter()
+            busy_seconds = _run_units(config, todo, layout, context, address, use_ray, already_done)
+            run_seconds = time.perf_counter() - start
+            logger.info("%d units in %.1f s; workers busy %.1f s (%.2f units of work at once on average)",
+                        len(todo), run_seconds, busy_seconds, busy_seconds / max(run_seconds, 1e-9))
         manifest = write_index(layout, config)
         write_card(layout.root)
-    return SynthesisResult(layout.root, manifest, units_run=len(todo), units_skipped=len(units) - len(todo))
+    return SynthesisResult(layout.root, manifest, units_run=len(todo), units_skipped=len(units) - len(todo),
+                           run_seconds=run_seconds, busy_seconds=busy_seconds)
 
 
 def _run_units(
@@ -72,18 +81,22 @@ def _run_units(
     address: str | None,
     use_ray: bool,
     already_done: int,
-) -> None:
+) -> float:
+    """Run the units with a progress bar; returns the workers' busy seconds."""
     total = already_done + sum(u.num_samples for u in todo)
     progress = tqdm(total=total, initial=already_done, unit="sample", desc="synthesize", disable=not config.ray.progress,
                     smoothing=0.1)
     accepted = rejected = 0
+    busy = 0.0
     with progress, (ray_session(config.ray, address) if use_ray else contextlib.nullcontext()):
         completed = (run_units_on_ray if use_ray else run_units_locally)(config, todo, layout, context)
         for stats in completed:
             accepted += stats["count"]
             rejected += stats["rejected"]
+            busy += stats["busy_seconds"]
             progress.update(stats["count"] + stats["rejected"])
             progress.set_postfix(accepted=accepted, rejected=rejected, refresh=False)
+    return busy
 
 
 @contextlib.contextmanager

@@ -16,11 +16,11 @@ def test_demo_preset_loads_with_typed_stage_params():
 
 def test_overrides_reach_nested_fields_and_list_items():
     config = load_config("demo", ["seed=7", "categories.SynthColor.train=3", "stages.1.params.max_qa_turns=5",
-                                  "ray.workers=1"])
+                                  "ray.num_cpus=1"])
     assert config.seed == 7
     assert config.categories["SynthColor"].train == 3
     assert config.stages[1].typed_params().max_qa_turns == 5
-    assert config.ray.workers == 1
+    assert config.ray.num_cpus == 1
 
 
 def test_type_error_names_field_and_file():

@@ -146,8 +146,8 @@ def test_output_of_another_config_is_not_mixed(synth_output, tmp_path):
     with pytest.raises(ConfigError, match=r"different config \(fields differ: seed\)"):
         synthesize(small_config("seed=5"), out, use_ray=False)
     # Placement settings do not change the data, so they may differ on resume.
-    synthesize(small_config("ray.workers=1"), out, use_ray=False)
-    assert yaml.safe_load((out / "config.yaml").read_text())["ray"]["workers"] == 1
+    synthesize(small_config("ray.num_cpus=1"), out, use_ray=False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["ray"]["num_cpus"] == 1
 
 
 def test_secrets_in_the_environment_never_reach_the_output(tmp_path, monkeypatch, capsys):
