@@ -162,3 +162,26 @@ def test_secrets_in_the_environment_never_reach_the_output(tmp_path, monkeypatch
             content = path.read_bytes()
             assert not any(value.encode() in content for value in secrets.values()), path
     assert not any(value in printed.out + printed.err for value in secrets.values())
+
+
+def test_stages_from_a_plugin_module_plug_in_by_config(local_ray, tmp_path):
+    """A model-backed filter and a plain stage from outside the project run on Ray without pipeline changes."""
+    config = small_config(
+        "plugins=[tests.synthesis.plugin_stages]",
+        "categories={SynthColor: {train: 15}, SynthConvShort: {train: 10}}",
+        "stages=[{name: procedural_scene}, {name: rules}, {name: test_length_model, params: {min_words: 2}},"
+        " {name: test_tagger}]",
+    )
+    result = synthesize(config, tmp_path / "plugged")
+    counts = result.manifest["counts"]
+    assert [s["stage"] for s in counts["stages"]] == ["procedural_scene", "rules", "test_length_model", "test_tagger"]
+    # Captions have several words; one-word short answers are rejected by the plugged-in filter.
+    model_stage = counts["stages"][2]
+    assert model_stage["rejected"] > 0 and set(model_stage["reasons"]) == {"answer_too_short"}
+    records = [json.loads(data) for tar in sorted((tmp_path / "plugged/data").rglob("*.tar"))
+               for name, data in tar_members(tar).items() if name.endswith(".json")]
+    assert records and all(r["provenance"]["tagged_by"].startswith("test_tagger/") for r in records)
+    # One actor (concurrency defaults to 1) loaded the "model" once and scored every unit.
+    loaders = {(r["scores"]["test_length_model/loader_pid"], r["scores"]["test_length_model/loader_instance"])
+               for r in records}
+    assert len(loaders) == 1
