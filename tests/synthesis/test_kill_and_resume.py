@@ -21,12 +21,13 @@ KILL_OVERRIDES = [*SMALL_OVERRIDES, "categories.SynthColor.train=300"]
 PLANNED_UNITS = len(planned_units(small_config(*KILL_OVERRIDES)))
 
 
-def start_synth(out: Path, ray_dir: str) -> subprocess.Popen:
+def start_synth(out: Path, ray_dir: str, log: Path) -> subprocess.Popen:
+    """`fusion synth` in its own process group; its output goes to a file (a full pipe would stall it)."""
     overrides = [arg for o in KILL_OVERRIDES for arg in ("--set", o)]
     command = [sys.executable, "-m", "jobs.cli", "synth", "--config", "demo", "--out", str(out), *overrides,
                "--set", f"ray.temp_dir={ray_dir}", "--set", "ray.num_cpus=2"]
-    return subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    with open(log, "a") as handle:
+        return subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def kill_everything(process: subprocess.Popen, ray_dir: str) -> None:
@@ -53,23 +54,23 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path):
     reference = tmp_path / "uninterrupted"
     synthesize(small_config(*KILL_OVERRIDES), reference, use_ray=False)
     out = tmp_path / "killed"
+    log = tmp_path / "runs.log"
     ray_dir = tempfile.mkdtemp(prefix="rayk")
     try:
         # 1) killed while Ray is still starting; 2) killed after the first shards landed; 3) run to the end.
-        first = start_synth(out, ray_dir)
+        first = start_synth(out, ray_dir, log)
         assert wait_for(lambda: (out / "config.yaml").exists(), timeout=60)
         kill_everything(first, ray_dir)
         assert completed_units(out) < PLANNED_UNITS
 
-        second = start_synth(out, ray_dir)
-        assert wait_for(lambda: completed_units(out) >= 3, timeout=120), second.stderr.read() if second.poll() else ""
+        second = start_synth(out, ray_dir, log)
+        assert wait_for(lambda: completed_units(out) >= 3, timeout=120), log.read_text()[-3000:]
         kill_everything(second, ray_dir)
         killed_at = completed_units(out)
         assert killed_at < PLANNED_UNITS, "the run finished before it could be killed; make the test dataset larger"
 
-        third = start_synth(out, ray_dir)
-        _, stderr = third.communicate(timeout=300)
-        assert third.returncode == 0, stderr
+        third = start_synth(out, ray_dir, log)
+        assert third.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         kill_processes_using(ray_dir)
         shutil.rmtree(ray_dir, ignore_errors=True)

@@ -185,3 +185,15 @@ def test_stages_from_a_plugin_module_plug_in_by_config(local_ray, tmp_path):
     loaders = {(r["scores"]["test_length_model/loader_pid"], r["scores"]["test_length_model/loader_instance"])
                for r in records}
     assert len(loaders) == 1
+
+
+def test_two_runs_cannot_write_one_folder_at_once(tmp_path):
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running synthesis holds it
+        with pytest.raises(RuntimeError, match="another run is writing to"):
+            synthesize(small_config("categories={SynthColor: {train: 2}}"), out, use_ray=False)
+    assert not (out / "data").exists()
