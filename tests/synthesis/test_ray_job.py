@@ -34,7 +34,7 @@ def submit_when_agent_is_up(command: list[str], env: dict[str, str]) -> subproce
         time.sleep(2)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rayh")
     # The job's `python` must be this environment's, as it is for a user with the venv activated.
@@ -51,14 +51,14 @@ def ray_head():
              "--temp-dir", temp_dir, "--disable-usage-stats", *[a for flag, port in ports.items() for a in (flag, port)]]
     subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
     try:
-        yield f"http://127.0.0.1:{dashboard_port}", env
+        yield f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{ports['--port']}", env
     finally:
         kill_processes_using(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_runs_the_synthesis_job(ray_head, tmp_path):
-    address, env = ray_head
+    address, _, env = ray_head
     out = tmp_path / "job-output"
     submit = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
               "--runtime-env", str(REPO / "jobs/runtime_env.yaml"), "--",
@@ -74,3 +74,16 @@ def test_ray_job_submit_runs_the_synthesis_job(ray_head, tmp_path):
     # The job's driver used the cluster it was submitted to, not an embedded Ray of its own.
     assert "connecting to Ray cluster" in result.stdout
     assert "starting an embedded local Ray" not in result.stdout
+
+
+def test_synth_connects_to_the_cluster_named_by_address(ray_head, tmp_path):
+    _, cluster_address, env = ray_head
+    out = tmp_path / "direct"
+    command = [sys.executable, "-m", "jobs.cli", "synth", "--config", "demo", "--out", str(out),
+               "--address", cluster_address, "--set", "ray.progress=false",
+               "--set", "categories={SynthSpatial: {train: 6}}", "--set", "dataset.unit_size=3"]
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"connecting to Ray cluster at {cluster_address}" in result.stderr
+    assert json.loads((out / "manifest.json").read_text())["counts"]["accepted"] == 6
