@@ -25,25 +25,22 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray  # noqa: E402
 
+from generators.procedural import family_names  # noqa: E402
 from pipeline.config import RunConfig, load_config  # noqa: E402
 from pipeline.runner import synthesize  # noqa: E402
 
-FAMILIES = ("SynthColor", "SynthCount", "SynthSpatial", "SynthText", "SynthMultiChoice", "SynthConvShort",
-            "SynthContrastShort")
+FAMILIES = tuple(family_names())
 PLAIN = "plain loop (1 process)"
-
-
 RAY_CPUS = 2
 
 
 def config_for(samples: int, unit_size: int, cpus_per_unit: int = 1) -> RunConfig:
     per_family = max(1, samples // len(FAMILIES))
     categories = "{" + ", ".join(f"{f}: {{train: {per_family}}}" for f in FAMILIES) + "}"
-    overrides = [f"categories={categories}", f"dataset.unit_size={unit_size}", "ray.progress=false"]
-    config = load_config("demo", overrides)
-    for index in range(len(config.stages)):
-        overrides.append(f"stages.{index}.resources.num_cpus={cpus_per_unit}")
-    return load_config("demo", overrides)
+    config = load_config("demo", [f"categories={categories}", f"dataset.unit_size={unit_size}", "ray.progress=false"])
+    for spec in config.stages:
+        spec.resources.num_cpus = cpus_per_unit
+    return config
 
 
 def timed_run(config: RunConfig, out: Path, use_ray: bool) -> tuple[float, float]:

@@ -85,7 +85,7 @@ def run_units_on_ray(
     rows = [{"unit": json.dumps(u.to_dict()), "records": pickle.dumps([]), "busy_seconds": 0.0} for u in units]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     for index, segment in enumerate(segments):
-        concurrency = segment.specs[0].resources.concurrency
+        concurrency = _segment_concurrency(segment)
         stage_args = {
             "specs_json": [spec.model_dump_json() for spec in segment.specs],
             "context": context,
@@ -125,6 +125,12 @@ def _segment_resources(segment: Segment) -> dict[str, float]:
     if num_gpus:
         resources["num_gpus"] = num_gpus
     return resources
+
+
+def _segment_concurrency(segment: Segment) -> int | None:
+    """The tightest cap any of the segment's stages sets (they run in the same task), or None."""
+    caps = [spec.resources.concurrency for spec in segment.specs if spec.resources.concurrency is not None]
+    return min(caps) if caps else None
 
 
 def _stages_from_json(specs_json: list[str], context: RunContext, plugins: list[str]) -> list[Stage]:

@@ -34,7 +34,6 @@ class SynthesisResult:
     manifest: dict[str, Any]
     units_run: int
     units_skipped: int
-    run_seconds: float = 0.0  # wall time of the units run (start-up of Ray included)
     busy_seconds: float = 0.0  # time workers spent in stages and writing, summed over units
 
     @property
@@ -59,7 +58,7 @@ def synthesize(config: RunConfig, out_dir: Path, address: str | None = None, use
         if len(todo) < len(units):
             logger.info("resuming: %d of %d units already complete", len(units) - len(todo), len(units))
         context = RunContext(run_seed=config.seed, jpeg_quality=config.dataset.jpeg_quality, provenance=record_provenance())
-        run_seconds = busy_seconds = 0.0
+        busy_seconds = 0.0
         if todo:
             already_done = sum(u.num_samples for u in units) - sum(u.num_samples for u in todo)
             start = time.perf_counter()
@@ -70,7 +69,7 @@ def synthesize(config: RunConfig, out_dir: Path, address: str | None = None, use
         manifest = write_index(layout, config)
         write_card(layout.root)
     return SynthesisResult(layout.root, manifest, units_run=len(todo), units_skipped=len(units) - len(todo),
-                           run_seconds=run_seconds, busy_seconds=busy_seconds)
+                           busy_seconds=busy_seconds)
 
 
 def _run_units(

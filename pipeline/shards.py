@@ -94,7 +94,7 @@ def write_unit(layout: OutputLayout, unit: WorkUnit, records: list[SampleRecord]
         _write_tar(temp, accepted, json_dicts)
     parquet_path = layout.shard_parquet(unit)
     with atomic_path(parquet_path) as temp:
-        pq.write_table(_records_table(accepted, json_dicts), temp)
+        pq.write_table(_records_table(json_dicts), temp)
     rejects_path = layout.rejects(unit)
     with atomic_path(rejects_path) as temp:
         pq.write_table(_rejects_table(rejected), temp)
@@ -149,18 +149,18 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _records_table(records: list[SampleRecord], json_dicts: list[dict[str, Any]]) -> pa.Table:
+def _records_table(json_dicts: list[dict[str, Any]]) -> pa.Table:
     """One row per sample: key plus every JSON field, and each score as its own float column.
 
     Nested fields are canonical JSON strings, which keeps one schema across shards and categories
     whatever they hold; ``score/<name>`` columns let thresholds be chosen later without opening tars.
     """
     rows = []
-    for record, json_dict in zip(records, json_dicts, strict=True):
+    for json_dict in json_dicts:
         row: dict[str, Any] = {}
         for name, value in json_dict.items():
             row[name] = canonical_json(value).decode() if isinstance(value, (dict, list)) else value
-        row.update({f"score/{name}": float(value) for name, value in record.scores.items()})
+        row.update({f"score/{name}": float(value) for name, value in json_dict["scores"].items()})
         rows.append(row)
     if not rows:
         return pa.table({"key": pa.array([], pa.string())})
