@@ -154,9 +154,6 @@ class Measurement:
         rounds = zip(self.seconds[name], self.seconds[base], self.seconds["plain"])
         return [(value - reference) / plain for value, reference, plain in rounds]
 
-    def increment_over_plain(self, name: str, base: str) -> float:
-        return statistics.median(self.increments_over_plain(name, base))
-
     def increment_quartiles(self, name: str, base: str) -> tuple[float, float, float]:
         """(lower quartile, median, upper quartile) of the per-round increments: the noise a verdict lives with."""
         values = self.increments_over_plain(name, base)
@@ -165,9 +162,11 @@ class Measurement:
         low, _, high = statistics.quantiles(values, n=4)
         return low, statistics.median(values), high
 
-    def describe_increment(self, name: str, base: str) -> str:
-        low, median, high = self.increment_quartiles(name, base)
-        return f"{median:+.1%} [{low:+.1%}, {high:+.1%}]"
+
+
+def describe(quartiles: tuple[float, float, float]) -> str:
+    low, median, high = quartiles
+    return f"{median:+.1%} [{low:+.1%}, {high:+.1%}]"
 
 
 def compare_with_paper(quartiles: tuple[float, float, float], paper_percent: int) -> str:
@@ -210,8 +209,8 @@ def report(measurement: Measurement) -> None:
     card_flops = (m.flops["full"] - m.flops["tune+dsm"]) / m.flops["plain"]
     print(f"increments over plain, time median [quartiles] (paper: TUNE+DSM ~+{PAPER_TUNE_DSM_PERCENT}%, "
           f"CARD ~+{PAPER_CARD_PERCENT}%):")
-    print(f"  TUNE+DSM {m.describe_increment('tune+dsm', 'plain')} time, {tune_flops:+.1%} FLOPs")
-    print(f"  CARD     {m.describe_increment('full', 'tune+dsm')} time, {card_flops:+.1%} FLOPs")
+    print(f"  TUNE+DSM {describe(m.increment_quartiles('tune+dsm', 'plain'))} time, {tune_flops:+.1%} FLOPs")
+    print(f"  CARD     {describe(m.increment_quartiles('full', 'tune+dsm'))} time, {card_flops:+.1%} FLOPs")
 
 
 def main() -> None:
@@ -252,7 +251,7 @@ def main() -> None:
         ("CARD    ", "full", "tune+dsm", PAPER_CARD_PERCENT),
     ):
         quartiles = largest.increment_quartiles(name, base)
-        print(f"  {label} {largest.describe_increment(name, base)} vs the paper's ~+{paper_percent}%: "
+        print(f"  {label} {describe(quartiles)} vs the paper's ~+{paper_percent}%: "
               f"{compare_with_paper(quartiles, paper_percent)}")
     print(f"load average {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} cores): "
           "numbers are only comparable on an otherwise idle machine")

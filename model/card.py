@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import CardConfig, ConfigError
+from model.config import CardConfig, ConfigError, is_perfect_square
 
 
 def latent_side(latent_count: int) -> int:
-    side = math.isqrt(latent_count)
-    if latent_count <= 0 or side * side != latent_count:
+    if not is_perfect_square(latent_count):
         raise ConfigError(f"latent count Q={latent_count} is not a perfect square")
-    return side
+    return math.isqrt(latent_count)
 
 
 def stitch_tiles(tile_tokens: torch.Tensor, tile_grid: int) -> torch.Tensor:

@@ -433,7 +433,7 @@ register_preset("fusion-tiny-qwen2")(lambda: _tiny_config("fusion-tiny-qwen2", T
 register_preset("fusion-tiny-phi3")(lambda: _tiny_config("fusion-tiny-phi3", TINY_PHI3, TINY_SIGLIP))
 register_preset("fusion-tiny-siglip2")(lambda: _tiny_config("fusion-tiny-siglip2", TINY_LLAMA, TINY_SIGLIP2_NAFLEX))
 register_preset("fusion-l-tiny")(
-    lambda: _tiny_config("fusion-l-tiny", TINY_LLAMA, TINY_SIGLIP).replace(name="fusion-l-tiny", inference_image_grid=3)
+    lambda: _tiny_config("fusion-l-tiny", TINY_LLAMA, TINY_SIGLIP).replace(inference_image_grid=3)
 )
 
 

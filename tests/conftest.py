@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 # Must be set before Ray or Hugging Face libraries are imported anywhere in the session.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -13,8 +15,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # --- FUSION model fixtures: tiny checkpoints built once per session ------------------------------------------------
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
