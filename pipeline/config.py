@@ -99,6 +99,8 @@ class RunConfig(Strict):
     categories: dict[str, CategoryConfig]
     stages: list[StageSpec] = Field(min_length=1)
     ray: RayConfig = Field(default_factory=RayConfig)
+    # What `fusion run` trains on the synthesized data; validated by train/ (it never changes the data).
+    train: dict[str, Any] | None = None
 
     @field_validator("plugins")
     @classmethod
@@ -118,7 +120,7 @@ class RunConfig(Strict):
 
     def data_fields(self) -> dict[str, Any]:
         """The fields that decide the dataset's content (Ray placement does not)."""
-        return self.model_dump(mode="json", exclude={"ray"})
+        return self.model_dump(mode="json", exclude={"ray", "train"})
 
 
 def ensure_builtin_stages() -> None:

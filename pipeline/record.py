@@ -7,6 +7,7 @@ the image), ``KEY.jpg`` (the image) and ``KEY.txt`` (the description, or the cap
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,15 +66,39 @@ class SampleRecord:
         return self.description or self.caption
 
     def to_json_dict(self) -> dict[str, Any]:
-        """Every field but the image. Values are shared, not copied: serialize the result, don't mutate it."""
-        return {name: getattr(self, name) for name in _JSON_FIELDS}
+        """The ``KEY.json`` member: every field but the image, in one schema for the whole dataset.
+
+        Hugging Face ``datasets`` fixes a dataset's features from its first samples and drops keys that later
+        samples add, so nothing here may vary in shape: ``scores`` becomes a list of ``{"name", "value"}``
+        pairs sorted by name, and the free-form ``provenance`` and ``metadata`` maps become JSON strings.
+        """
+        data = {name: getattr(self, name) for name in _JSON_FIELDS}
+        data["scores"] = [{"name": name, "value": float(value)} for name, value in sorted(self.scores.items())]
+        for name in _JSON_STRING_FIELDS:
+            data[name] = canonical_json_text(data[name])
+        return data
 
     @classmethod
-    def from_json_dict(cls, data: dict[str, Any], image: bytes | None = None) -> SampleRecord:
+    def from_json_dict(cls, data: dict[str, Any], image: Any = None) -> SampleRecord:
+        """The record of a ``KEY.json`` member (the inverse of ``to_json_dict``)."""
         unknown = set(data) - set(_JSON_FIELDS)
         if unknown:
             raise ValueError(f"record {data.get('key')!r} has unknown fields {sorted(unknown)}")
-        return cls(**data, image=image)
+        fields = dict(data)
+        try:
+            fields["scores"] = {entry["name"]: float(entry["value"]) for entry in data.get("scores", [])}
+            for name in _JSON_STRING_FIELDS:
+                if isinstance(fields.get(name), str):
+                    fields[name] = json.loads(fields[name])
+        except (TypeError, KeyError, ValueError) as error:
+            raise ValueError(f"record {data.get('key')!r} is malformed: {error}") from None
+        return cls(**fields, image=image)
+
+
+def canonical_json_text(data: Any) -> str:
+    """Sorted keys, no whitespace, UTF-8 kept: the same data always gives the same text."""
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 _JSON_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord) if f.name != "image")
+_JSON_STRING_FIELDS = ("provenance", "metadata")

@@ -116,7 +116,8 @@ def _check_same_dataset(layout: OutputLayout, config: RunConfig) -> None:
     if not layout.config.is_file():
         return
     previous = yaml.safe_load(layout.config.read_text()) or {}
-    previous.pop("ray", None)
+    for field in ("ray", "train"):
+        previous.pop(field, None)
     current = config.data_fields()
     if previous != current:
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.fileio import atomic_path, atomic_write_text, sha256_file
-from pipeline.record import STATUS_ACCEPTED, SampleRecord
+from pipeline.record import STATUS_ACCEPTED, SampleRecord, canonical_json_text
 from pipeline.units import WorkUnit
 
 SAMPLE_MEMBERS = ("jpg", "json", "txt")
@@ -77,7 +77,17 @@ class OutputLayout:
 
 
 def canonical_json(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return canonical_json_text(data).encode("utf-8")
+
+
+def text_statistics(record: SampleRecord) -> dict[str, float]:
+    """Scores every record gets from the writer, so ``scores`` is never empty (an empty first list would
+    fix the Hugging Face feature type as a list of nulls)."""
+    return {
+        "text/caption_words": float(len(record.caption.split())),
+        "text/description_words": float(len(record.description.split())),
+        "text/qa_turns": float(len(record.conversations) // 2),
+    }
 
 
 def write_unit(layout: OutputLayout, unit: WorkUnit, records: list[SampleRecord]) -> dict[str, Any]:
@@ -85,6 +95,8 @@ def write_unit(layout: OutputLayout, unit: WorkUnit, records: list[SampleRecord]
     accepted = [r for r in records if not r.is_rejected]
     rejected = [r for r in records if r.is_rejected]
     _check_unit_records(unit, records, accepted)
+    for record in records:
+        record.scores.update(text_statistics(record))
     for record in accepted:
         record.status = STATUS_ACCEPTED
 
@@ -159,8 +171,8 @@ def _records_table(json_dicts: list[dict[str, Any]]) -> pa.Table:
     for json_dict in json_dicts:
         row: dict[str, Any] = {}
         for name, value in json_dict.items():
-            row[name] = canonical_json(value).decode() if isinstance(value, (dict, list)) else value
-        row.update({f"score/{name}": float(value) for name, value in json_dict["scores"].items()})
+            row[name] = canonical_json_text(value) if isinstance(value, (dict, list)) else value
+        row.update({f"score/{entry['name']}": entry["value"] for entry in json_dict["scores"]})
         rows.append(row)
     if not rows:
         return pa.table({"key": pa.array([], pa.string())})

@@ -8,7 +8,7 @@ import yaml
 
 from pipeline.config import ConfigError
 from pipeline.fileio import sha256_file
-from pipeline.record import KEY_PATTERN
+from pipeline.record import KEY_PATTERN, SampleRecord
 from pipeline.runner import synthesize
 from tests.synthesis.conftest import FAMILIES, small_config
 
@@ -54,7 +54,7 @@ def test_output_follows_the_shard_contract(synth_output):
             record = json.loads(members[f"{key}.json"])
             assert record["conversations"][0]["value"].startswith("<image>\n")
             assert record["category"] == tar_path.parent.name and record["status"] == "accepted"
-            assert "git_sha" in record["provenance"] and record["scores"]
+            assert "git_sha" in json.loads(record["provenance"]) and record["scores"]
         all_keys += keys
     assert len(all_keys) == len(set(all_keys)) == manifest["counts"]["accepted"]
 
@@ -180,9 +180,10 @@ def test_stages_from_a_plugin_module_plug_in_by_config(local_ray, tmp_path):
     assert model_stage["rejected"] > 0 and set(model_stage["reasons"]) == {"answer_too_short"}
     records = [json.loads(data) for tar in sorted((tmp_path / "plugged/data").rglob("*.tar"))
                for name, data in tar_members(tar).items() if name.endswith(".json")]
-    assert records and all(r["provenance"]["tagged_by"].startswith("test_tagger/") for r in records)
+    records = [SampleRecord.from_json_dict(r) for r in records]
+    assert records and all(r.provenance["tagged_by"].startswith("test_tagger/") for r in records)
     # One actor (concurrency defaults to 1) loaded the "model" once and scored every unit.
-    loaders = {(r["scores"]["test_length_model/loader_pid"], r["scores"]["test_length_model/loader_instance"])
+    loaders = {(r.scores["test_length_model/loader_pid"], r.scores["test_length_model/loader_instance"])
                for r in records}
     assert len(loaders) == 1
 

@@ -120,3 +120,17 @@ def test_units_and_seeds_are_stable():
     assert plan_units(5, "SynthCount", "train", 1050, 250) == units
     assert plan_units(6, "SynthCount", "train", 1050, 250)[0].seed != units[0].seed
     assert units[1].sample_key(7) == "synthcount_train_00001_00007"
+
+
+def test_json_member_keeps_one_schema_and_round_trips():
+    record = make_records()[0]
+    record.scores["clip/cosine"] = 0.25
+    record.metadata = {"scenes": [{"objects": 2}], "extra": "family-specific"}
+    record.provenance = {"git_sha": "abc", "stages": {"describe": {"model": "m"}}}
+    data = json.loads(shards.canonical_json(record.to_json_dict()))
+    assert data["scores"] == [{"name": "clip/cosine", "value": 0.25}, {"name": "rules/qa_turns", "value": 1.0}]
+    assert isinstance(data["metadata"], str) and isinstance(data["provenance"], str)
+    back = SampleRecord.from_json_dict(data)
+    assert (back.scores, back.metadata, back.provenance) == (record.scores, record.metadata, record.provenance)
+    with pytest.raises(ValueError, match="is malformed"):
+        SampleRecord.from_json_dict({**data, "scores": [{"value": 1.0}]})
