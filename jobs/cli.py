@@ -1,4 +1,4 @@
-"""The ``fusion`` command line."""
+"""The ``fusion`` command line. Every command works in a fresh process, or fails with one clear line."""
 
 from __future__ import annotations
 
@@ -15,15 +15,23 @@ logger = logging.getLogger("fusion")
 def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="preset name in configs/ (e.g. demo) or a YAML path")
     parser.add_argument("--out", required=True, type=Path, help="output folder; rerunning resumes into it")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set categories.SynthColor.train=100 (repeatable)")
+    add_override_argument(parser)
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray)")
     parser.add_argument("--no-ray", action="store_true", help="run in this process without Ray (debugging)")
+    parser.add_argument("--no-cache", action="store_true", help="neither replay nor store model calls")
+    parser.add_argument("--allow-version-change", action="store_true",
+                        help="resume into a folder made with other package or stage versions")
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set categories.SynthColor.train=100 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusion", description="Synthesize multimodal QA data and train FUSION on it.")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="synthesize, filter and shard a dataset, with manifest and card")
@@ -33,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="the end-to-end job: synthesize and describe the dataset")
     add_synthesis_arguments(run)
     run.set_defaults(handler=cmd_run)
+
+    plan = commands.add_parser("plan", help="units, stages, pools and resources of a config, and a cost projection")
+    plan.add_argument("--config", required=True)
+    add_override_argument(plan)
+    plan.add_argument("--target", type=int, default=None, help="accepted samples to project the cost of")
+    plan.add_argument("--from-run", type=Path, default=None, help="project from this earlier run's manifest")
+    plan.add_argument("--calibration-samples", type=int, default=8,
+                      help="samples per category and split of the calibration run (when --from-run is not given)")
+    plan.add_argument("--address", default=None)
+    plan.add_argument("--no-ray", action="store_true", help="calibrate in this process without Ray")
+    plan.set_defaults(handler=cmd_plan)
 
     card = commands.add_parser("card", help="(re)write the dataset card of an output folder from what is on disk")
     card.add_argument("dir", type=Path)
@@ -44,23 +63,45 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--private", action="store_true")
     publish.add_argument("--dry-run", action="store_true", help="validate the card and list the uploads, offline")
     publish.set_defaults(handler=cmd_publish)
+
+    cache = commands.add_parser("cache", help="the model-call cache of an output folder")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    clear = cache_commands.add_parser("clear", help="delete cached model calls (all stages, or one)")
+    clear.add_argument("dir", type=Path)
+    clear.add_argument("--stage", default=None, help="stage id whose calls to delete")
+    clear.set_defaults(handler=cmd_cache_clear)
     return parser
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pipeline.runner import synthesize
+    from pipeline.synthesis import synthesize
 
     config = load_config(args.config, args.overrides)
-    result = synthesize(config, args.out, address=args.address, use_ray=not args.no_ray)
+    result = synthesize(config, args.out, address=args.address, use_ray=not args.no_ray, use_cache=not args.no_cache,
+                        allow_version_change=args.allow_version_change)
     counts = result.manifest["counts"]
     print(f"dataset: {result.out_dir} ({counts['accepted']:,} samples kept, {counts['rejected']:,} rejected; "
-          f"{result.units_run} shards written, {result.units_skipped} already complete)")
+          f"{result.units_run} units run, {result.units_skipped} already complete)")
+    for name, shortfall in sorted(counts["shortfalls"].items()):
+        reasons = ", ".join(f"{r} ({n})" for r, n in shortfall["main_reject_reasons"].items())
+        print(f"short:   {name}: {shortfall['accepted']:,} of {shortfall['target']:,} accepted; main reasons: {reasons}")
     print(f"card:    {result.card_path}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     return cmd_synth(args)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.projection import describe_plan, project_costs
+
+    config = load_config(args.config, args.overrides)
+    print(describe_plan(config))
+    print()
+    print(project_costs(config, target=args.target, from_run=args.from_run, samples=args.calibration_samples,
+                        address=args.address, use_ray=not args.no_ray))
+    return 0
 
 
 def cmd_card(args: argparse.Namespace) -> int:
@@ -86,6 +127,22 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    from pipeline.cache import clear_cache
+
+    if not (args.dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{args.dir / 'config.yaml'} not found: is {args.dir} the output of `fusion synth`?")
+    removed = clear_cache(args.dir, args.stage)
+    print(f"removed {removed} cache file(s) from {args.dir / 'cache' / (args.stage or '')}".rstrip("/"))
+    return 0
+
+
+def _version() -> str:
+    from pipeline.provenance import ENGINE_DISTRIBUTION, git_sha, package_version
+
+    return f"{package_version(ENGINE_DISTRIBUTION) or 'unknown'} (code {git_sha()[:12]})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -94,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, FileNotFoundError) as error:
+        if args.verbose:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a known failure gets one clear line; --verbose shows the traceback
@@ -106,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_facing(error: Exception) -> bool:
     from pipeline.publish import PublishError
 
-    return isinstance(error, (PublishError, RuntimeError)) and not isinstance(error, NotImplementedError)
+    return isinstance(error, (PublishError, RuntimeError, ValueError, OSError)) and not isinstance(
+        error, NotImplementedError)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,18 @@ from __future__ import annotations
 import copy
 import importlib
 from pathlib import Path
-from typing import Any
+import re
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.stage import STAGES, StageParams
+from pipeline.stage import STAGES, Stage, StageParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = REPO_ROOT / "configs"
+STAGE_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+CATEGORY_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,59}$")
 
 
 class ConfigError(ValueError):
@@ -33,8 +36,13 @@ class RayConfig(Strict):
     num_cpus: int | None = Field(
         None, ge=1, description="CPU slots of the embedded local Ray, i.e. units worked on at once; None: every core"
     )
+    num_gpus: int | None = Field(None, ge=0, description="GPUs of the embedded local Ray; None: as detected")
     temp_dir: str | None = Field(None, description="Session folder of the embedded local Ray")
     progress: bool = True
+
+
+# Fields of `dataset` that only describe the data on the card; they may change when a run resumes.
+CARD_ONLY_FIELDS = ("pretty_name", "license", "language", "tags")
 
 
 class DatasetConfig(Strict):
@@ -42,51 +50,118 @@ class DatasetConfig(Strict):
     license: str = "cc-by-4.0"
     language: list[str] = ["en"]
     tags: list[str] = ["synthetic", "multimodal", "visual-question-answering", "webdataset"]
-    unit_size: int = Field(256, ge=1, description="Samples per work unit; one unit is one shard")
-    jpeg_quality: int = Field(90, ge=1, le=100)
+    unit_size: int = Field(
+        64, ge=1, description="Samples per work unit: what one task or actor call holds, and one cache file"
+    )
+    shard_size: int = Field(1000, ge=1, description="Accepted samples per output shard (the last may hold fewer)")
+    image_format: Literal["jpg", "png", "webp"] = Field("jpg", description="How the writer encodes images")
+    image_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality")
+    keep_reject_images: bool = Field(True, description="Store rejected samples' images, so thresholds can be loosened")
+    max_attempts_factor: float = Field(
+        2.0, ge=1.0, description="Positions tried per wanted sample at most, top-up rounds included"
+    )
+
+
+class FaultConfig(Strict):
+    unit_retries: int = Field(2, ge=0, description="Retries of a unit whose task or actor fails as a whole")
+    max_failed_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="Stop the run when more than this share of samples end in an error"
+    )
+    min_samples_before_abort: int = Field(50, ge=1, description="Samples seen before max_failed_fraction applies")
 
 
 class CategoryConfig(Strict):
-    train: int = Field(0, ge=0, description="Samples to synthesize for the train split")
-    test: int = Field(0, ge=0, description="Samples to synthesize for the held-out test split")
+    train: int = Field(0, ge=0, description="Accepted samples wanted in the train split")
+    test: int = Field(0, ge=0, description="Accepted samples wanted in the held-out test split")
 
     def split_sizes(self) -> dict[str, int]:
         return {"train": self.train, "test": self.test}
 
 
+class PoolSize(Strict):
+    min: int = Field(1, ge=1)
+    max: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PoolSize:
+        if self.max < self.min:
+            raise ValueError(f"pool max ({self.max}) must be at least its min ({self.min})")
+        return self
+
+
 class StageResources(Strict):
     num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    concurrency: int | None = Field(
-        None, ge=1, description="Actors of a model stage (default 1); for other stages, a cap on tasks at once"
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions share a GPU")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs per model replica; above 1 each actor reserves a placement group of that many"
     )
+    accelerator_type: str | None = Field(None, description="e.g. A100, H100 (Ray's accelerator_type)")
+    concurrency: int | PoolSize | None = Field(
+        None, description="Actors of a model stage (a number, or {min, max} to autoscale; default 1); "
+        "for other stages, a cap on tasks at once"
+    )
+    max_concurrency: int | None = Field(None, ge=1, description="Calls one (async) actor serves at once")
+    runtime_env: dict[str, Any] | None = Field(None, description="Extra Ray runtime_env for this stage's workers")
+    batch_size: int | None = Field(None, ge=1, description="Records per call within a unit; default: the whole unit")
+
+    @model_validator(mode="after")
+    def _gpus_consistent(self) -> StageResources:
+        if self.tensor_parallel_size > 1 and self.num_gpus not in (0, self.tensor_parallel_size):
+            raise ValueError(f"with tensor_parallel_size={self.tensor_parallel_size} the actor reserves that many "
+                             f"GPUs; leave num_gpus unset (got {self.num_gpus})")
+        return self
+
+    @property
+    def gpus_reserved(self) -> float:
+        return float(self.tensor_parallel_size) if self.tensor_parallel_size > 1 else self.num_gpus
+
+    def pool_bounds(self) -> tuple[int, int]:
+        if isinstance(self.concurrency, PoolSize):
+            return self.concurrency.min, self.concurrency.max
+        size = self.concurrency or 1
+        return size, size
 
 
 class StageSpec(Strict):
-    name: str
+    name: str = Field(description="The stage kind, as registered")
+    id: str | None = Field(None, description="This instance's name in scores, rejects and the card; default: name")
     params: dict[str, Any] = Field(default_factory=dict)
     resources: StageResources = Field(default_factory=StageResources)
 
     @field_validator("name")
     @classmethod
     def _known_stage(cls, name: str) -> str:
-        ensure_builtin_stages()
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r}; known stages: {', '.join(STAGES.names())}")
         return name
 
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, stage_id: str | None) -> str | None:
+        if stage_id is not None and not STAGE_ID_PATTERN.match(stage_id):
+            raise ValueError(f"stage id {stage_id!r} must match {STAGE_ID_PATTERN.pattern}")
+        return stage_id
+
     @model_validator(mode="after")
     def _valid_params(self) -> StageSpec:
+        if self.id is None:
+            self.id = self.name
         self.typed_params()
         return self
 
+    @property
+    def stage_id(self) -> str:
+        return self.id or self.name
+
+    def stage_class(self) -> type[Stage]:
+        return STAGES.get(self.name)
+
     def typed_params(self) -> StageParams:
-        stage_cls = STAGES.get(self.name)
         try:
-            return stage_cls.Params.model_validate(self.params)
+            return self.stage_class().Params.model_validate(self.params)
         except ValidationError as error:
             details = "; ".join(f"params.{_dotted(e['loc'])}: {e['msg']}" for e in error.errors())
-            raise ValueError(f"stage {self.name!r}: {details}") from None
+            raise ValueError(f"stage {self.stage_id!r}: {details}") from None
 
 
 class RunConfig(Strict):
@@ -98,6 +173,7 @@ class RunConfig(Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     categories: dict[str, CategoryConfig]
     stages: list[StageSpec] = Field(min_length=1)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     # What `fusion run` trains on the synthesized data; validated by train/ (it never changes the data).
     train: dict[str, Any] | None = None
@@ -110,23 +186,60 @@ class RunConfig(Strict):
 
     @field_validator("categories")
     @classmethod
-    def _some_samples(cls, categories: dict[str, CategoryConfig]) -> dict[str, CategoryConfig]:
+    def _valid_categories(cls, categories: dict[str, CategoryConfig]) -> dict[str, CategoryConfig]:
         if not categories:
             raise ValueError("at least one category is required")
+        by_key: dict[str, str] = {}
         for name in categories:
-            if not name.replace("_", "").isalnum():
-                raise ValueError(f"category name {name!r} must be letters, digits and underscores")
+            if not CATEGORY_PATTERN.match(name):
+                raise ValueError(f"category name {name!r} must be 1-60 letters, digits and underscores, starting with "
+                                 "a letter (it becomes part of every sample key)")
+            if name.lower() in by_key:
+                raise ValueError(f"categories {by_key[name.lower()]!r} and {name!r} differ only in case; their "
+                                 "sample keys would collide")
+            by_key[name.lower()] = name
         return categories
 
+    @model_validator(mode="after")
+    def _unique_stage_ids(self) -> RunConfig:
+        seen: dict[str, int] = {}
+        for index, spec in enumerate(self.stages):
+            if spec.stage_id in seen:
+                raise ValueError(f"stages.{seen[spec.stage_id]} and stages.{index} both have id {spec.stage_id!r}; "
+                                 "give one of them another `id`")
+            seen[spec.stage_id] = index
+        return self
+
     def data_fields(self) -> dict[str, Any]:
-        """The fields that decide the dataset's content (Ray placement does not)."""
-        return self.model_dump(mode="json", exclude={"ray", "train"})
+        return data_fields(self.model_dump(mode="json"))
 
 
-def ensure_builtin_stages() -> None:
-    """Import the modules whose stages register themselves."""
-    import filters.rules  # noqa: F401
-    import generators.procedural  # noqa: F401
+def data_fields(dumped: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a dumped config that decide the dataset's content: Ray placement, fault handling,
+    stage resources, card text and training do not."""
+    data = copy.deepcopy({k: v for k, v in dumped.items() if k not in ("ray", "train", "faults")})
+    for name in CARD_ONLY_FIELDS:
+        data.get("dataset", {}).pop(name, None)
+    for stage in data.get("stages", []):
+        stage.pop("resources", None)
+    return data
+
+
+def differing_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two dumped configs differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [path for key in sorted(set(old) | set(new), key=str)
+                for path in differing_fields(old.get(key), new.get(key), f"{prefix}{key}.")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [path for i, (a, b) in enumerate(zip(old, new)) for path in differing_fields(a, b, f"{prefix}{i}.")]
+    return [] if old == new else [prefix.rstrip(".") or "<root>"]
+
+
+def stage_spec(config: RunConfig, stage_id: str) -> StageSpec:
+    for spec in config.stages:
+        if spec.stage_id == stage_id:
+            return spec
+    raise KeyError(f"no stage with id {stage_id!r}; stages: {', '.join(s.stage_id for s in config.stages)}")
 
 
 def import_plugins(modules: list[str]) -> None:

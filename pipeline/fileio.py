@@ -1,10 +1,16 @@
-"""Crash-safe file writes: data goes to a temporary name in the same folder and is renamed when complete."""
+"""Crash-safe file writes: data goes to a temporary name in the same folder and is renamed when complete.
+
+Temporary names carry the host, the process id and a random part, so writers on several nodes of a shared
+filesystem never collide; the folder is fsynced after the rename so the new name survives a power cut.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +18,16 @@ TEMP_MARKER = ".tmp-"
 
 
 def temp_path_for(path: Path) -> Path:
-    return path.with_name(f"{path.name}{TEMP_MARKER}{os.getpid()}")
+    host = socket.gethostname().split(".")[0] or "host"
+    return path.with_name(f"{path.name}{TEMP_MARKER}{host}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 @contextlib.contextmanager
@@ -25,6 +40,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, path)
+        fsync_dir(path.parent)
     except OSError as error:
         temp.unlink(missing_ok=True)
         raise OSError(error.errno, f"could not write {path}: {error.strerror or error}") from error

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.card import validate_card
-from pipeline.manifest import load_manifest
-from pipeline.shards import OutputLayout
+from pipeline.indexing import load_manifest
+from pipeline.layout import OutputLayout
 
-# Local bookkeeping that has no place on the Hub.
-IGNORE_PATTERNS = [".lock", "*.tmp-*", ".cache/*"]
+# Local bookkeeping that has no place on the Hub: the run's work units, model-call cache and lock.
+IGNORE_PATTERNS = [".lock", "*.tmp-*", ".cache/*", "work/*", "cache/*"]
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,31 @@ def publish(plan: UploadPlan, api: Any | None = None) -> str:
     from huggingface_hub import HfApi
 
     api = api or HfApi()
-    url = api.create_repo(plan.repo_id, repo_type="dataset", private=plan.private, exist_ok=True)
-    api.upload_folder(
-        repo_id=plan.repo_id,
-        folder_path=plan.root,
-        repo_type="dataset",
-        ignore_patterns=IGNORE_PATTERNS,
-        commit_message=f"Upload dataset ({len(plan.files)} files)",
-    )
+    try:
+        url = api.create_repo(plan.repo_id, repo_type="dataset", private=plan.private, exist_ok=True)
+        api.upload_folder(
+            repo_id=plan.repo_id,
+            folder_path=plan.root,
+            repo_type="dataset",
+            ignore_patterns=IGNORE_PATTERNS,
+            commit_message=f"Upload dataset ({len(plan.files)} files)",
+        )
+    except Exception as error:
+        raise PublishError(_hub_error_message(error, plan.repo_id)) from error
     return str(url)
+
+
+def _hub_error_message(error: Exception, repo_id: str) -> str:
+    """One line a user can act on, for the ways an upload fails (offline, unreachable, not logged in, ...)."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    detail = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    if isinstance(error, OfflineModeIsEnabled):
+        return f"cannot publish {repo_id}: HF_HUB_OFFLINE is set; unset it to upload ({detail})"
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        hint = "log in with `hf auth login` or set HF_TOKEN" if status in (401, 403) else "see the Hub's answer"
+        return f"the Hugging Face Hub refused the upload to {repo_id} (HTTP {status}): {hint} ({detail})"
+    if isinstance(error, (OSError, ConnectionError)) or "Connect" in type(error).__name__ or "Timeout" in type(error).__name__:
+        return f"could not reach the Hugging Face Hub to publish {repo_id}: check the network ({detail})"
+    return f"publishing {repo_id} failed: {detail}"

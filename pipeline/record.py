@@ -1,7 +1,9 @@
 """The sample record: the one contract between every stage and the shard a trainer reads.
 
 A record moves through the stages of its work unit and lands in a shard as ``KEY.json`` (every field but
-the image), ``KEY.jpg`` (the image) and ``KEY.txt`` (the description, or the caption when there is none).
+the images), ``KEY.<jpg|png|webp>`` (the image, encoded once by the writer) and ``KEY.txt`` (the
+description, or the caption when there is none). Between stages the image stays a lossless RGB array, so
+scoring stages see exactly what the generator made.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 KEY_PATTERN = re.compile(r"^[a-z0-9_]+$")
 IMAGE_TOKEN = "<image>"
 # The paper's answer-format instructions; a question ending with one promises an answer of that form.
@@ -21,6 +25,15 @@ MULTIPLE_CHOICE_INSTRUCTION = "Answer with the option's letter from the given ch
 STATUS_PENDING = "pending"
 STATUS_ACCEPTED = "accepted"
 STATUS_REJECTED = "rejected"
+ERROR_REASON_PREFIX = "error:"
+
+
+@dataclass
+class ImageCandidate:
+    """One of several images rendered for a record (best-of-N); a chooser stage keeps one."""
+
+    seed: int
+    image: np.ndarray = field(repr=False)
 
 
 @dataclass
@@ -34,16 +47,19 @@ class SampleRecord:
     description: str = ""
     # LLaVA style: [{"from": "human" | "gpt", "value": ...}]; the first human turn starts with "<image>\n".
     conversations: list[dict[str, str]] = field(default_factory=list)
-    # Every score computed, named "<stage>/<metric>" with its model and scale in the name where one applies.
+    # Every score computed, named "<stage id>/<metric>" with its model and scale in the name where one applies.
     scores: dict[str, float] = field(default_factory=dict)
+    # Run-wide facts plus, under "stages", what each stage that saw the record used (models, templates, settings).
     provenance: dict[str, Any] = field(default_factory=dict)
     # Generator-specific facts, e.g. the procedural scene graphs that make the answers true by construction.
     metadata: dict[str, Any] = field(default_factory=dict)
     status: str = STATUS_PENDING
     reject_stage: str = ""
     reject_reason: str = ""
-    # Encoded JPEG bytes; never part of the JSON member.
-    image: bytes | None = field(default=None, repr=False)
+    # Lossless (H, W, 3) uint8 RGB; never part of the JSON member.
+    image: np.ndarray | None = field(default=None, repr=False)
+    # Best-of-N images awaiting a chooser; never part of the JSON member.
+    candidates: list[ImageCandidate] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if not KEY_PATTERN.match(self.key):
@@ -53,6 +69,10 @@ class SampleRecord:
     def is_rejected(self) -> bool:
         return self.status == STATUS_REJECTED
 
+    @property
+    def is_error(self) -> bool:
+        return self.is_rejected and self.reject_reason.startswith(ERROR_REASON_PREFIX)
+
     def reject(self, stage: str, reason: str) -> None:
         """Mark the record rejected; the first rejection wins so the reason names the stage that decided."""
         if self.is_rejected:
@@ -61,12 +81,28 @@ class SampleRecord:
         self.reject_stage = stage
         self.reject_reason = reason
 
+    def reject_with_error(self, stage: str, error: BaseException) -> None:
+        message = " ".join(str(error).split())[:500]
+        self.reject(stage, f"{ERROR_REASON_PREFIX}{type(error).__name__}: {message}")
+
     def text(self) -> str:
         """What goes into ``KEY.txt``."""
         return self.description or self.caption
 
+    def snapshot(self) -> SampleRecord:
+        """A copy whose mutable fields are independent; images are shared (stages replace, never edit, them)."""
+        return dataclasses.replace(
+            self, conversations=[dict(t) for t in self.conversations], scores=dict(self.scores),
+            provenance=json.loads(json.dumps(self.provenance)), metadata=json.loads(json.dumps(self.metadata)),
+            candidates=list(self.candidates),
+        )
+
+    def restore(self, snapshot: SampleRecord) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(snapshot, f.name))
+
     def to_json_dict(self) -> dict[str, Any]:
-        """The ``KEY.json`` member: every field but the image, in one schema for the whole dataset.
+        """The ``KEY.json`` member: every field but the images, in one schema for the whole dataset.
 
         Hugging Face ``datasets`` fixes a dataset's features from its first samples and drops keys that later
         samples add, so nothing here may vary in shape: ``scores`` becomes a list of ``{"name", "value"}``
@@ -79,7 +115,7 @@ class SampleRecord:
         return data
 
     @classmethod
-    def from_json_dict(cls, data: dict[str, Any], image: Any = None) -> SampleRecord:
+    def from_json_dict(cls, data: dict[str, Any], image: np.ndarray | None = None) -> SampleRecord:
         """The record of a ``KEY.json`` member (the inverse of ``to_json_dict``)."""
         unknown = set(data) - set(_JSON_FIELDS)
         if unknown:
@@ -100,5 +136,5 @@ def canonical_json_text(data: Any) -> str:
     return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-_JSON_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord) if f.name != "image")
+_JSON_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord) if f.name not in ("image", "candidates"))
 _JSON_STRING_FIELDS = ("provenance", "metadata")

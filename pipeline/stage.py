@@ -1,7 +1,8 @@
 """Stages: everything that produces or judges records implements one interface and registers by name.
 
 The pipeline wires stages from the config alone; a model-backed generator or a new filter plugs in by
-registering a ``Stage`` subclass, never by editing the pipeline.
+registering a ``Stage`` subclass, never by editing the pipeline. Each entry of ``stages:`` is an instance
+with its own ``id``, so one kind can run twice (rules on the seed caption, then on the description).
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.record import SampleRecord
 from pipeline.registry import Registry
-from pipeline.units import WorkUnit
+
+if TYPE_CHECKING:
+    from pipeline.cache import CallCache
+    from pipeline.planning import WorkUnit
 
 
 class StageParams(BaseModel):
@@ -26,46 +30,69 @@ class StageParams(BaseModel):
 
 @dataclass(frozen=True)
 class RunContext:
-    """Run-wide facts a stage may need; ``provenance`` is merged into every record it creates."""
+    """Run-wide facts a stage may need; ``provenance`` is merged into every record the run creates."""
 
     run_seed: int
-    jpeg_quality: int = 90
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-class Stage(ABC):
-    """Takes the records of one work unit and returns them, created, extended, scored or rejected.
+@dataclass
+class UnitContext:
+    """What a stage gets with one unit's records: the unit, and its cache of model calls."""
 
-    A stage with ``uses_model = True`` is run by a pool of long-lived Ray actors so its model loads once
-    per worker; others run as stateless Ray tasks.
+    unit: WorkUnit
+    cache: CallCache
+
+
+class Stage(ABC):
+    """Takes pending records of one work unit and creates, extends, scores or rejects them in place.
+
+    A stage with ``uses_model = True`` runs on a pool of long-lived Ray actors so its model loads once per
+    actor; others run as stateless Ray tasks. ``version`` names the code's behaviour: bump it when the same
+    inputs would give other outputs, so cached model calls are not replayed across the change.
     """
 
-    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    role: ClassVar[str] = "transform"  # "generator", "filter" or "transform"; shown on the card
     Params: ClassVar[type[StageParams]] = StageParams
     uses_model: ClassVar[bool] = False
+    version: ClassVar[str] = "1"
 
-    def __init__(self, params: StageParams, context: RunContext) -> None:
+    def __init__(self, stage_id: str, params: StageParams, context: RunContext) -> None:
+        self.id = stage_id
         self.params = params
         self.context = context
 
     @abstractmethod
-    def process(self, unit: WorkUnit, records: list[SampleRecord]) -> list[SampleRecord]:
-        """Return the unit's records after this stage. Rejected records are kept, with their reason."""
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        """Work on ``records`` (all pending) in place; reject a record with ``record.reject(self.id, reason)``.
+
+        An exception rejects the batch's records only if each of them also fails on its own: the engine
+        retries a failed batch sample by sample to find the bad one.
+        """
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides this stage's outputs besides its inputs: the cache key of its model calls."""
+        return {"kind": self.kind, "version": self.version, "params": self.params.model_dump(mode="json")}
+
+    def provenance(self) -> dict[str, Any]:
+        """Stored in each record under ``provenance["stages"][id]``; model stages add model ids and revisions."""
+        return {"kind": self.kind, "version": self.version}
 
 
 class Filter(Stage):
     """A stage that scores pending records and rejects those that fail; scores are always kept."""
 
-    def process(self, unit: WorkUnit, records: list[SampleRecord]) -> list[SampleRecord]:
-        pending = [r for r in records if not r.is_rejected]
-        for record, scores in zip(pending, self.score_batch(pending), strict=True):
-            record.scores.update({f"{self.name}/{metric}": float(value) for metric, value in scores.items()})
+    role: ClassVar[str] = "filter"
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        for record, scores in zip(records, self.score_batch(records, unit), strict=True):
+            record.scores.update({f"{self.id}/{metric}": float(value) for metric, value in scores.items()})
             reason = self.check(record, scores)
             if reason:
-                record.reject(self.name, reason)
-        return records
+                record.reject(self.id, reason)
 
-    def score_batch(self, records: list[SampleRecord]) -> list[dict[str, float]]:
+    def score_batch(self, records: list[SampleRecord], unit: UnitContext) -> list[dict[str, float]]:
         """Scores of each record; override to batch model calls."""
         return [self.score(r) for r in records]
 
@@ -77,14 +104,20 @@ class Filter(Stage):
         """The reason to reject ``record``, or None to keep it."""
 
 
-STAGES: Registry[type[Stage]] = Registry("stage")
+# Built-in stages, imported when first named; plugins register their own with @register_stage.
+BUILTIN_STAGES = {
+    "procedural_scene": "generators.procedural.stage:ProceduralSceneStage",
+    "rules": "filters.rules:RuleFilter",
+    "choose_image": "filters.choose:ChooseImage",
+}
+STAGES: Registry[type[Stage]] = Registry("stage", BUILTIN_STAGES)
 
 S = TypeVar("S", bound=type[Stage])
 
 
 def register_stage(name: str) -> Callable[[S], S]:
     def add(cls: S) -> S:
-        cls.name = name
+        cls.kind = name
         return STAGES.register(name)(cls)
 
     return add

@@ -3,27 +3,23 @@ the metadata of every family (Hugging Face `datasets` infers a single schema acr
 
 import json
 
+import numpy as np
 import pytest
 
-import generators.procedural  # noqa: F401  (registers the stage)
+import generators.procedural
 from generators.procedural import ProceduralParams, generate_sample, template_fingerprint, templates
 from generators.procedural.stage import ProceduralSceneStage
-from pipeline.images import decode_image
-from pipeline.record import SampleRecord
-from pipeline.stage import STAGES, RunContext
-from pipeline.units import WorkUnit
+from pipeline.stage import STAGES
+from tests.stage_helpers import run_stages, unit_for
 
 FAMILY_NAMES = ("SynthColor", "SynthCount", "SynthSpatial", "SynthText", "SynthMultiChoice", "SynthConvShort",
                 "SynthContrastShort")
 
 
-def make_stage(**params) -> ProceduralSceneStage:
-    context = RunContext(run_seed=0, jpeg_quality=85, provenance={"git_sha": "abc123"})
-    return STAGES.get("procedural_scene")(ProceduralParams(**params), context)
-
-
-def unit_for(category: str, num_samples: int = 4) -> WorkUnit:
-    return WorkUnit(category=category, split="train", index=2, num_samples=num_samples, seed=987654321)
+def make_records(family: str, num_samples: int = 4, **params):
+    unit = unit_for(family, num_samples, first_position=10)
+    records, _ = run_stages([{"name": "procedural_scene", "params": params}], unit=unit)
+    return unit, records
 
 
 def skeleton(value):
@@ -45,37 +41,34 @@ def test_the_stage_is_registered_with_its_params():
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_the_stage_creates_the_unit_records(family):
-    unit = unit_for(family)
-    existing = SampleRecord(key="already_here", category=family, split="train", seed=1)
-    records = make_stage().process(unit, [existing])
-    assert records[0] is existing
-    created = records[1:]
-    assert [r.key for r in created] == [unit.sample_key(i) for i in range(4)]
-    assert [r.seed for r in created] == [unit.sample_seed(i) for i in range(4)]
-    for record in created:
+def test_the_stage_fills_the_unit_records(family):
+    unit, records = make_records(family)
+    assert [r.key for r in records] == [unit.sample_key(p) for p in range(10, 14)]
+    assert [r.seed for r in records] == [unit.sample_seed(p) for p in range(10, 14)]
+    for record in records:
         assert (record.category, record.split, record.status) == (family, "train", "pending")
         sample = generate_sample(family, record.seed, ProceduralParams())
         assert record.caption == record.seed_caption == sample.caption
         assert record.description == sample.description and record.conversations == sample.conversations
         assert record.metadata == sample.metadata()
-        image = decode_image(record.image)
-        assert image.mode == "RGB" and image.size == sample.image.size
-        assert image.size[1] == 64 and image.size[0] == (64 if family != "SynthContrastShort" else 130)
+        # Lossless: exactly the generator's pixels.
+        assert record.image.dtype == np.uint8 and np.array_equal(record.image, np.asarray(sample.image))
+        assert record.image.shape[0] == 64 and record.image.shape[1] == (64 if family != "SynthContrastShort" else 130)
         provenance = record.provenance
-        assert provenance["git_sha"] == "abc123" and provenance["generator"] == "procedural"
-        assert provenance["generator_version"] == generators.procedural.GENERATOR_VERSION
-        assert provenance["template_hash"] == template_fingerprint(ProceduralParams())
+        stage = provenance["stages"]["procedural_scene"]
+        assert provenance["git_sha"] == "abc123" and stage["generator"] == "procedural"
+        assert stage["version"] == generators.procedural.GENERATOR_VERSION
+        assert stage["template_hash"] == template_fingerprint(ProceduralParams())
         assert json.loads(json.dumps(record.to_json_dict())) == record.to_json_dict()
 
 
-def test_image_size_param_reaches_the_jpeg():
-    record = make_stage(image_size=96).process(unit_for("SynthColor", 1), [])[0]
-    assert decode_image(record.image).size == (96, 96)
+def test_image_size_param_reaches_the_image():
+    _, records = make_records("SynthColor", 1, image_size=96)
+    assert records[0].image.shape == (96, 96, 3)
 
 
 def test_metadata_and_records_have_one_schema_across_families():
-    records = [r for family in FAMILY_NAMES for r in make_stage().process(unit_for(family, 6), [])]
+    records = [r for family in FAMILY_NAMES for r in make_records(family, 6)[1]]
     metadata_skeletons = {json.dumps(skeleton(r.metadata), sort_keys=True) for r in records}
     assert len(metadata_skeletons) == 1, metadata_skeletons
     record_skeletons = {json.dumps(skeleton({k: v for k, v in r.to_json_dict().items() if k != "scores"}),

@@ -17,7 +17,7 @@ from generators.procedural.render import render_scene, separator_width, side_by_
 from generators.procedural.scene import Scene
 from generators.procedural.templates import templates_snapshot
 from generators.procedural.vocabulary import vocabulary_snapshot
-from pipeline.units import derive_seed
+from pipeline.planning import derive_seed
 
 GENERATOR_NAME = "procedural"
 GENERATOR_VERSION = "1.0.0"

@@ -1,13 +1,19 @@
-"""Stages defined outside the project's packages, loaded through the config's `plugins` list."""
+"""Stages defined outside the project's packages, loaded through the config's `plugins` list.
+
+Several stand in for model-backed stages the engine must survive: one that raises on some samples, one
+whose worker dies, one whose output is random per call but cached, one that sleeps a fixed time per sample.
+"""
 
 import itertools
 import os
+import time
+from pathlib import Path
 
+import numpy as np
 from pydantic import Field
 
 from pipeline.record import SampleRecord
-from pipeline.stage import Filter, Stage, StageParams, register_stage
-from pipeline.units import WorkUnit
+from pipeline.stage import Filter, Stage, StageParams, UnitContext, register_stage
 
 _instances = itertools.count()
 
@@ -24,8 +30,8 @@ class LengthModelFilter(Filter):
     params: LengthModelParams
     uses_model = True
 
-    def __init__(self, params, context):
-        super().__init__(params, context)
+    def __init__(self, stage_id, params, context):
+        super().__init__(stage_id, params, context)
         self.instance = (os.getpid(), next(_instances))
 
     def score(self, record: SampleRecord) -> dict[str, float]:
@@ -42,7 +48,126 @@ class LengthModelFilter(Filter):
 class TaggerStage(Stage):
     """A plain stage after the model stage, to check records keep flowing through several segments."""
 
-    def process(self, unit: WorkUnit, records: list[SampleRecord]) -> list[SampleRecord]:
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
         for record in records:
-            record.provenance["tagged_by"] = f"test_tagger/{unit.unit_id}"
-        return records
+            record.metadata["tagged_by"] = f"test_tagger/{unit.unit.unit_id}"
+
+
+class FaultParams(StageParams):
+    every: int = Field(7, ge=1, description="Raise on samples whose position is a multiple of this")
+
+
+@register_stage("test_raise_every")
+class RaiseEvery(Stage):
+    """Raises whenever its batch holds a sample at a position that is a multiple of ``every``."""
+
+    Params = FaultParams
+    params: FaultParams
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        for record in records:
+            position = int(record.key.rsplit("_", 1)[1])
+            if position % self.params.every == 0:
+                raise ValueError(f"cannot handle position {position}")
+            record.scores[f"{self.id}/seen"] = 1.0
+
+
+class MarkerParams(StageParams):
+    marker_dir: str
+    unit_ids: list[str] = Field(default_factory=list, description="Units it acts on; empty: all")
+    times: int = Field(1, ge=0, description="How often it acts per unit before it behaves; 0: always")
+
+
+def _acts(params: MarkerParams, unit_id: str) -> bool:
+    """True the first ``times`` calls on a unit (counted with marker files, across processes)."""
+    if params.unit_ids and unit_id not in params.unit_ids:
+        return False
+    folder = Path(params.marker_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = len(list(folder.glob(f"{unit_id.replace('/', '_')}.*")))
+    (folder / f"{unit_id.replace('/', '_')}.{count}").touch()
+    return params.times == 0 or count < params.times
+
+
+@register_stage("test_kill_actor")
+class KillActor(Stage):
+    """Kills its own worker process (no Python error reaches Ray) the first ``times`` calls on a unit."""
+
+    Params = MarkerParams
+    params: MarkerParams
+    uses_model = True
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        if _acts(self.params, unit.unit.unit_id):
+            os._exit(17)
+
+
+@register_stage("test_crash_unit")
+class CrashUnit(Stage):
+    """Kills the worker on the named units for as long as ``marker_dir/broken`` exists."""
+
+    Params = MarkerParams
+    params: MarkerParams
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        if self.params.unit_ids and unit.unit.unit_id in self.params.unit_ids and \
+                (Path(self.params.marker_dir) / "broken").exists():
+            os._exit(19)
+
+
+class NoiseParams(StageParams):
+    calls_dir: str = Field(description="Each computed (not replayed) call leaves a file here")
+
+
+@register_stage("test_random_model")
+class RandomModel(Stage):
+    """A model whose output differs on every call (os.urandom), behind the run's cache."""
+
+    Params = NoiseParams
+    params: NoiseParams
+    uses_model = True
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        def compute(requests):
+            Path(self.params.calls_dir).mkdir(parents=True, exist_ok=True)
+            for request in requests:
+                (Path(self.params.calls_dir) / f"{request['key']}.{os.urandom(4).hex()}").touch()
+            return [{"noise": os.urandom(8).hex(), "pixels": np.frombuffer(os.urandom(12), dtype=np.uint8)}
+                    for _ in requests]
+
+        results = unit.cache.map([(r.seed, {"key": r.key, "caption": r.caption}) for r in records], compute)
+        for record, result in zip(records, results, strict=True):
+            record.caption = f"{record.caption} [{result['noise']}]"
+            record.image = record.image.copy()
+            record.image[0, :4] = result["pixels"].reshape(4, 3)
+
+
+class SleepParams(StageParams):
+    seconds_per_sample: float = Field(0.01, ge=0)
+
+
+@register_stage("test_sleep")
+class SleepStage(Stage):
+    """Spends a fixed time per sample, for cost accounting and projections."""
+
+    Params = SleepParams
+    params: SleepParams
+    uses_model = True
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        time.sleep(self.params.seconds_per_sample * len(records))
+
+
+class RejectParams(StageParams):
+    every: int = Field(3, ge=1)
+
+
+@register_stage("test_reject_every")
+class RejectEvery(Filter):
+    """Rejects samples whose seed is divisible by ``every`` (about 1/every of them, deterministically)."""
+
+    Params = RejectParams
+    params: RejectParams
+
+    def check(self, record: SampleRecord, scores: dict[str, float]) -> str | None:
+        return "unlucky: seed divisible" if record.seed % self.params.every == 0 else None

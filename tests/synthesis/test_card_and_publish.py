@@ -55,7 +55,7 @@ def test_card_problems_are_found(synth_output, tmp_path):
     shutil.rmtree(out / "data/SynthText")
     problems = validate_card(out)
     assert any("'SynthColor' split 'train': dataset_info says 12, sizes.json says 13" in p for p in problems)
-    assert any("'SynthText' split 'test': data/SynthText/test-*.tar matches no file" in p for p in problems)
+    assert any("'SynthText' split 'test': data/SynthText/test-00000.tar matches no file" in p for p in problems)
 
 
 def test_card_command_rewrites_the_card(synth_output, tmp_path, capsys):

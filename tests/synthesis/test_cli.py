@@ -20,5 +20,5 @@ def test_synth_without_ray_prints_where_dataset_and_card_are(tmp_path, capsys):
                  "--set", "categories={SynthColor: {train: 3, test: 2}}"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert f"dataset: {out} (5 samples kept, 0 rejected; 2 shards written, 0 already complete)" in printed
+    assert f"dataset: {out} (5 samples kept, 0 rejected; 2 units run, 0 already complete)" in printed
     assert f"card:    {out / 'README.md'}" in printed

@@ -9,8 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.manifest import planned_units
-from pipeline.runner import synthesize
+from pipeline.planning import plan_round, split_targets
+from pipeline.synthesis import synthesize
 from tests.synthesis.processes import kill_processes_using
 from tests.synthesis.conftest import SMALL_OVERRIDES, small_config
 from tests.synthesis.test_pipeline import data_files
@@ -18,7 +18,9 @@ from tests.synthesis.test_pipeline import data_files
 REPO = Path(__file__).resolve().parents[2]
 # Enough units that a kill lands mid-run: 7 families plus 60 more shards of one family.
 KILL_OVERRIDES = [*SMALL_OVERRIDES, "categories.SynthColor.train=300"]
-PLANNED_UNITS = len(planned_units(small_config(*KILL_OVERRIDES)))
+_CONFIG = small_config(*KILL_OVERRIDES)
+PLANNED_UNITS = len(plan_round(split_targets({c: v.split_sizes() for c, v in _CONFIG.categories.items()}, 2.0), {},
+                               _CONFIG.seed, _CONFIG.dataset.unit_size, 0))
 
 
 def start_synth(out: Path, ray_dir: str, log: Path) -> subprocess.Popen:
@@ -47,7 +49,7 @@ def wait_for(predicate, timeout: float) -> bool:
 
 
 def completed_units(out: Path) -> int:
-    return len(list(out.glob("data/*/*_stats.json")))
+    return len(list(out.glob("work/*/*_stats.json")))
 
 
 def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path):

@@ -9,7 +9,7 @@ import yaml
 from pipeline.config import ConfigError
 from pipeline.fileio import sha256_file
 from pipeline.record import KEY_PATTERN, SampleRecord
-from pipeline.runner import synthesize
+from pipeline.synthesis import synthesize
 from tests.synthesis.conftest import FAMILIES, small_config
 
 
@@ -31,12 +31,14 @@ def tar_members(path: Path) -> dict[str, bytes]:
 def test_output_follows_the_shard_contract(synth_output):
     root = synth_output
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["complete"] and manifest["units"] == {"planned": 28, "complete": 28}  # 7 x (3 train + 1 test)
+    # 7 x (3 train + 1 test) units and shards of 5 samples
+    assert manifest["complete"] and manifest["units"] == {"planned": 28, "complete": 28, "failed": 0, "rounds": 1}
+    assert len(manifest["shards"]) == 28
     assert manifest["counts"]["accepted"] == 7 * 16
     sizes = json.loads((root / "sizes.json").read_text())
     tars = sorted(root.glob("data/*/*.tar"))
     assert sorted(sizes) == [t.relative_to(root).as_posix() for t in tars]
-    assert (root / "config.yaml").is_file() and (root / "README.md").is_file()
+    assert (root / "config.yaml").is_file() and (root / "README.md").is_file() and not (root / "failed_units.json").exists()
     assert not list(root.rglob("*.tmp-*"))
 
     all_keys = []
@@ -54,7 +56,9 @@ def test_output_follows_the_shard_contract(synth_output):
             record = json.loads(members[f"{key}.json"])
             assert record["conversations"][0]["value"].startswith("<image>\n")
             assert record["category"] == tar_path.parent.name and record["status"] == "accepted"
-            assert "git_sha" in json.loads(record["provenance"]) and record["scores"]
+            provenance = json.loads(record["provenance"])
+            assert "git_sha" in provenance and set(provenance["stages"]) == {"procedural_scene", "rules"}
+            assert record["scores"]
         all_keys += keys
     assert len(all_keys) == len(set(all_keys)) == manifest["counts"]["accepted"]
 
@@ -63,7 +67,7 @@ def test_output_follows_the_shard_contract(synth_output):
         assert sha256_file(root / shard["parquet"]) == shard["parquet_sha256"]
         assert (root / shard["rejects"]).is_file()
     assert {c for c in manifest["counts"]["categories"]} == set(FAMILIES)
-    assert [s["stage"] for s in manifest["counts"]["stages"]] == ["procedural_scene", "rules"]
+    assert [s["stage"] for s in manifest["stages"]] == ["procedural_scene", "rules", "writer"]
 
 
 def test_shards_load_with_plain_webdataset(synth_output):
@@ -111,12 +115,23 @@ def test_a_different_seed_gives_different_data(synth_output, tmp_path):
 def test_rejected_samples_are_recorded_with_stage_and_reason(local_ray, tmp_path):
     result = synthesize(small_config("stages.1.params.max_caption_words=6"), tmp_path / "strict")
     counts = result.manifest["counts"]
-    assert counts["rejected"] > 0 and counts["accepted"] + counts["rejected"] == 7 * 16
-    rules = next(s for s in counts["stages"] if s["stage"] == "rules")
+    assert counts["rejected"] > 0
+    rules = next(s for s in result.manifest["stages"] if s["stage"] == "rules")
     assert rules["rejected"] == counts["rejected"] and set(rules["reasons"]) == {"caption_too_long"}
     rejects = [row for path in sorted((tmp_path / "strict/rejects").rglob("*.parquet"))
                for row in pq.read_table(path).to_pylist()]
     assert len(rejects) == counts["rejected"]
+    # Top-up rounds replaced rejected samples until each split had its target or used its attempts; a
+    # shortfall is reported with its main reasons, never hidden.
+    assert result.manifest["units"]["rounds"] > 1
+    for category, splits in counts["categories"].items():
+        for split, tally in splits.items():
+            assert tally["accepted"] + tally["shortfall"] == tally["target"]
+            if tally["shortfall"]:
+                assert tally["attempted"] == 2 * tally["target"], (category, split)
+                assert counts["shortfalls"][f"{category}/{split}"]["main_reject_reasons"] == {
+                    "rules: caption_too_long": tally["rejected"]}
+    assert counts["shortfalls"] and counts["accepted"] < 7 * 16
     kept = {name.split(".", 1)[0] for tar in (tmp_path / "strict/data").rglob("*.tar") for name in tar_members(tar)}
     for row in rejects:
         assert row["reject_stage"] == "rules" and row["reject_reason"].startswith("caption_too_long")
@@ -129,10 +144,11 @@ def test_rerun_skips_complete_units_and_redoes_missing_ones(synth_output, tmp_pa
 
     out = tmp_path / "copy"
     shutil.copytree(synth_output, out)
-    (out / "data/SynthCount/train-00001_stats.json").unlink()  # as if killed before the stats were written
-    (out / "data/SynthText/test-00000.tar").write_bytes(b"half a tar")
-    (out / "data/SynthText/test-00000_stats.json").unlink()
-    (out / "data/SynthColor/train-00000.tar.tmp-123").write_bytes(b"partial")
+    (out / "work/SynthCount/train-00001_stats.json").unlink()  # as if killed before the stats were written
+    (out / "work/SynthText/test-00000.tar").write_bytes(b"half a tar")
+    (out / "work/SynthText/test-00000_stats.json").unlink()
+    (out / "data/SynthSpatial/train-00002_stats.json").unlink()  # killed while assembling shards
+    (out / "data/SynthColor/train-00000.tar.tmp-host-123-abcd").write_bytes(b"partial")
     result = synthesize(small_config(), out, use_ray=False)
     assert result.units_run == 2 and result.units_skipped == 26
     assert data_files(out) == data_files(synth_output)
@@ -145,9 +161,13 @@ def test_output_of_another_config_is_not_mixed(synth_output, tmp_path):
     shutil.copytree(synth_output, out)
     with pytest.raises(ConfigError, match=r"different config \(fields differ: seed\)"):
         synthesize(small_config("seed=5"), out, use_ray=False)
-    # Placement settings do not change the data, so they may differ on resume.
-    synthesize(small_config("ray.num_cpus=1"), out, use_ray=False)
+    with pytest.raises(ConfigError, match=r"fields differ: stages.1.params.max_caption_words"):
+        synthesize(small_config("stages.1.params.max_caption_words=9"), out, use_ray=False)
+    # Placement, faults and card text do not change the data, so they may differ on resume.
+    synthesize(small_config("ray.num_cpus=1", "dataset.pretty_name=Renamed", "dataset.license=mit",
+                            "faults.unit_retries=0", "stages.0.resources.num_cpus=0.5"), out, use_ray=False)
     assert yaml.safe_load((out / "config.yaml").read_text())["ray"]["num_cpus"] == 1
+    assert "Renamed" in (out / "README.md").read_text() and "license: mit" in (out / "README.md").read_text()
 
 
 def test_secrets_in_the_environment_never_reach_the_output(tmp_path, monkeypatch, capsys):
@@ -173,15 +193,15 @@ def test_stages_from_a_plugin_module_plug_in_by_config(local_ray, tmp_path):
         " {name: test_tagger}]",
     )
     result = synthesize(config, tmp_path / "plugged")
-    counts = result.manifest["counts"]
-    assert [s["stage"] for s in counts["stages"]] == ["procedural_scene", "rules", "test_length_model", "test_tagger"]
+    stages = result.manifest["stages"]
+    assert [s["stage"] for s in stages] == ["procedural_scene", "rules", "test_length_model", "test_tagger", "writer"]
     # Captions have several words; one-word short answers are rejected by the plugged-in filter.
-    model_stage = counts["stages"][2]
+    model_stage = stages[2]
     assert model_stage["rejected"] > 0 and set(model_stage["reasons"]) == {"answer_too_short"}
     records = [json.loads(data) for tar in sorted((tmp_path / "plugged/data").rglob("*.tar"))
                for name, data in tar_members(tar).items() if name.endswith(".json")]
     records = [SampleRecord.from_json_dict(r) for r in records]
-    assert records and all(r.provenance["tagged_by"].startswith("test_tagger/") for r in records)
+    assert records and all(r.metadata["tagged_by"].startswith("test_tagger/") for r in records)
     # One actor (concurrency defaults to 1) loaded the "model" once and scored every unit.
     loaders = {(r.scores["test_length_model/loader_pid"], r.scores["test_length_model/loader_instance"])
                for r in records}

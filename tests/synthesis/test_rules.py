@@ -1,12 +1,8 @@
 import pytest
 
-from filters.rules import RuleFilter, RuleParams
 from pipeline.record import MULTIPLE_CHOICE_INSTRUCTION, SHORT_ANSWER_INSTRUCTION
 from pipeline.record import SampleRecord
-from pipeline.stage import RunContext
-from pipeline.units import WorkUnit
-
-UNIT = WorkUnit(category="SynthConvShort", split="train", index=0, num_samples=1, seed=1)
+from tests.stage_helpers import run_stages
 
 
 def record(conversations, caption="A red circle.", description="A red circle on a grey background."):
@@ -15,7 +11,7 @@ def record(conversations, caption="A red circle.", description="A red circle on 
 
 
 def run_rules(rec, **params):
-    RuleFilter(RuleParams(**params), RunContext(run_seed=0)).process(UNIT, [rec])
+    run_stages([{"name": "rules", "params": params}], [rec])
     return rec
 
 

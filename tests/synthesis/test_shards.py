@@ -1,73 +1,152 @@
+"""Unit files (the writer step) and shards assembled from them (first N accepted by position)."""
+
 import io
 import json
 import tarfile
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import pipeline.shards as shards
-from pipeline.images import encode_jpeg
+import pipeline.unit_writer as unit_writer
+from pipeline.config import DatasetConfig
+from pipeline.layout import OutputLayout
+from pipeline.planning import SplitTarget, WorkUnit, derive_seed, plan_round, sample_key, split_targets
 from pipeline.record import KEY_PATTERN, SampleRecord
-from pipeline.shards import OutputLayout, write_unit
-from pipeline.units import WorkUnit, derive_seed, plan_units
+from pipeline.shard_writer import plan_shards, select_accepted, shard_schema, write_shard
+from pipeline.tar_members import end_of_archive, member_bytes
+from pipeline.unit_writer import write_unit
 
-UNIT = WorkUnit(category="SynthColor", split="train", index=3, num_samples=4, seed=99)
+DATASET = DatasetConfig(unit_size=4, shard_size=3)
+TARGET = SplitTarget("SynthColor", "train", target=5, max_positions=10)
 
 
-def make_records(unit=UNIT):
+def unit(index: int, first: int, n: int = 4) -> WorkUnit:
+    return WorkUnit("SynthColor", "train", index, first, n, derive_seed(0, "SynthColor", "train"))
+
+
+def make_records(u: WorkUnit, reject: tuple[int, ...] = ()):
     records = []
-    for i in range(unit.num_samples):
-        image = Image.new("RGB", (16, 16), (40 * i, 10, 200))
-        records.append(SampleRecord(
-            key=unit.sample_key(i), category=unit.category, split=unit.split, seed=unit.sample_seed(i),
-            caption=f"caption {i}", description=f"description number {i}",
-            conversations=[{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": f"c{i}"}],
-            scores={"rules/qa_turns": 1.0}, image=encode_jpeg(image, 90),
-        ))
-    records[2].reject("rules", "caption_too_long: 20 words > 12")
+    for p in u.positions:
+        image = np.full((16, 16, 3), (40 * (p % 6), 10, 200), dtype=np.uint8)
+        record = SampleRecord(
+            key=u.sample_key(p), category=u.category, split=u.split, seed=u.sample_seed(p),
+            caption=f"caption {p}", description=f"description number {p}",
+            conversations=[{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": f"c{p}"}],
+            scores={"rules/qa_turns": 1.0}, image=image)
+        if p in reject:
+            record.reject("rules", f"caption_too_long: {20 + p} words > 12")
+        records.append(record)
     return records
 
 
-def test_shard_members_keys_and_index_files(tmp_path):
+def tar_members(path):
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar]
+
+
+@pytest.fixture
+def two_units(tmp_path):
     layout = OutputLayout(tmp_path)
-    stats = write_unit(layout, UNIT, make_records())
-    tar_path = layout.shard_tar(UNIT)
-    assert tar_path == tmp_path / "data/SynthColor/train-00003.tar"
-    with tarfile.open(tar_path) as tar:
-        names = tar.getnames()
-        members = {m.name: tar.extractfile(m).read() for m in tar}
-    keys = sorted({n.split(".", 1)[0] for n in names})
-    assert keys == [UNIT.sample_key(i) for i in (0, 1, 3)]
-    assert all(KEY_PATTERN.match(k) for k in keys)
-    for key in keys:  # every sample has exactly the same members
-        assert sorted(n for n in names if n.split(".", 1)[0] == key) == [f"{key}.jpg", f"{key}.json", f"{key}.txt"]
-        record = json.loads(members[f"{key}.json"])
-        assert record["key"] == key and record["status"] == "accepted" and "image" not in record
-        assert members[f"{key}.txt"].decode() == record["description"]
-        assert Image.open(io.BytesIO(members[f"{key}.jpg"])).mode == "RGB"
+    units = [unit(0, 0), unit(1, 4)]
+    write_unit(layout, units[0], make_records(units[0], reject=(1,)), {}, DATASET)
+    write_unit(layout, units[1], make_records(units[1], reject=(6,)), {}, DATASET)
+    return layout, units
 
-    table = pq.read_table(layout.shard_parquet(UNIT)).to_pylist()
-    assert [row["key"] for row in table] == keys
-    assert table[0]["score/rules/qa_turns"] == 1.0
-    assert json.loads(table[0]["conversations"])[1]["value"] == "c0"
 
-    rejects = pq.read_table(layout.rejects(UNIT)).to_pylist()
-    assert [(r["key"], r["reject_stage"]) for r in rejects] == [(UNIT.sample_key(2), "rules")]
-    assert rejects[0]["reject_reason"].startswith("caption_too_long")
-
-    assert stats["count"] == 3 and stats["rejected"] == 1
+def test_unit_files_index_every_record_and_hold_accepted_members(two_units):
+    layout, units = two_units
+    stats = json.loads(layout.unit_stats(units[0]).read_text())
+    assert (stats["samples"], stats["accepted"], stats["rejected"]) == (4, 3, 1)
     assert stats["reject_reasons"] == {"rules": {"caption_too_long": 1}}
-    assert json.loads(layout.shard_stats(UNIT).read_text()) == stats
-    assert layout.is_complete(UNIT)
+    assert "text/qa_turns" in stats["score_names"] and "rules/qa_turns" in stats["score_names"]
+    index = pq.read_table(layout.unit_index(units[0])).to_pylist()
+    assert [r["position"] for r in index] == [0, 1, 2, 3]
+    assert index[1]["status"] == "rejected" and index[1]["tar_offset"] is None and index[1]["image"]
+    names = [name for name, _ in tar_members(layout.unit_tar(units[0]))]
+    assert names == [f"{sample_key('SynthColor', 'train', p)}.{ext}" for p in (0, 2, 3) for ext in ("jpg", "json", "txt")]
+
+
+def test_shards_hold_the_first_n_accepted_by_position_and_keep_the_rest_as_rejects(two_units):
+    layout, units = two_units
+    selected, surplus = select_accepted(layout, TARGET, units)
+    assert [s.position for s in selected] == [0, 2, 3, 4, 5] and surplus == 1  # position 7 is beyond the target
+    plans = plan_shards(TARGET, selected, DATASET.shard_size)
+    assert [[s.position for s in p.samples] for p in plans] == [[0, 2, 3], [4, 5]]
+    score_names = ["rules/qa_turns", "text/caption_words", "text/description_words", "text/qa_turns", "zz/other"]
+    stats = [write_shard(layout, p, units, score_names, "jpg") for p in plans]
+    assert [s["count"] for s in stats] == [3, 2]
+
+    members = tar_members(layout.shard_tar("SynthColor", "train", 1))
+    keys = [name.split(".", 1)[0] for name, _ in members]
+    assert keys[::3] == [sample_key("SynthColor", "train", p) for p in (4, 5)]
+    assert members[0][0].endswith(".jpg")
+    image = Image.open(io.BytesIO(members[0][1]))
+    assert image.mode == "RGB" and image.size == (16, 16)
+    record = json.loads(members[1][1])
+    assert record["status"] == "accepted" and all(KEY_PATTERN.match(k) for k in keys)
+
+    table = pq.read_table(layout.shard_parquet("SynthColor", "train", 0))
+    assert table.schema == shard_schema(score_names)  # every shard: the same columns, nulls where absent
+    rows = table.to_pylist()
+    assert [r["key"] for r in rows] == [sample_key("SynthColor", "train", p) for p in (0, 2, 3)]
+    assert rows[0]["score/rules/qa_turns"] == 1.0 and rows[0]["score/zz/other"] is None
+
+    rejects = [pq.read_table(layout.rejects("SynthColor", "train", i)).to_pylist() for i in (0, 1)]
+    assert [(r["key"][-2:], r["reject_stage"]) for r in rejects[0]] == [("01", "rules")]
+    assert [(r["key"][-2:], r["reject_stage"], r["reject_reason"].split(":")[0]) for r in rejects[1]] == [
+        ("06", "rules", "caption_too_long"), ("07", "select", "surplus")]
+    assert all(Image.open(io.BytesIO(r["image"])).size == (16, 16) for r in rejects[0] + rejects[1])
+    assert json.loads(rejects[1][1]["record_json"])["status"] == "rejected"
+
+
+def test_assembled_tar_equals_the_tar_of_its_members(two_units):
+    layout, units = two_units
+    selected, _ = select_accepted(layout, TARGET, units)
+    plan = plan_shards(TARGET, selected, 10)[0]
+    write_shard(layout, plan, units, [], "jpg")
+    members = tar_members(layout.shard_tar("SynthColor", "train", 0))
+    expected = bytearray()
+    for name, data in members:
+        expected += member_bytes(name, data)
+    expected += end_of_archive(len(expected))
+    assert layout.shard_tar("SynthColor", "train", 0).read_bytes() == bytes(expected)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as reference:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+            reference.addfile(info, io.BytesIO(data))
+    assert bytes(expected) == buffer.getvalue()
+
+
+def test_a_split_with_nothing_accepted_writes_empty_files_with_the_same_schema(tmp_path):
+    layout = OutputLayout(tmp_path)
+    only = unit(0, 0, 2)
+    write_unit(layout, only, make_records(only, reject=(0, 1)), {}, DATASET)
+    selected, _ = select_accepted(layout, TARGET, [only])
+    stats = write_shard(layout, plan_shards(TARGET, selected, 3)[0], [only], ["a/b"], "jpg")
+    assert stats["count"] == 0 and stats["rejected"] == 2
+    assert pq.read_table(layout.shard_parquet("SynthColor", "train", 0)).schema == shard_schema(["a/b"])
 
 
 def test_same_records_give_identical_bytes(tmp_path):
-    a, b = OutputLayout(tmp_path / "a"), OutputLayout(tmp_path / "b")
-    write_unit(a, UNIT, make_records())
-    write_unit(b, UNIT, make_records())
-    for path in (a.shard_tar(UNIT), a.shard_parquet(UNIT), a.rejects(UNIT)):
-        assert path.read_bytes() == (b.root / path.relative_to(a.root)).read_bytes()
+    for name in ("a", "b"):
+        layout = OutputLayout(tmp_path / name)
+        write_unit(layout, unit(0, 0), make_records(unit(0, 0), reject=(1,)), {}, DATASET)
+    for path in ("work/SynthColor/train-00000.tar", "work/SynthColor/train-00000.parquet"):
+        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
+
+
+def test_images_are_encoded_once_in_the_configured_format(tmp_path):
+    layout = OutputLayout(tmp_path)
+    u = unit(0, 0, 2)
+    records = make_records(u)
+    write_unit(layout, u, records, {}, DatasetConfig(image_format="png"))
+    members = dict(tar_members(layout.unit_tar(u)))
+    decoded = np.asarray(Image.open(io.BytesIO(members[f"{u.sample_key(0)}.png"])))
+    assert np.array_equal(decoded, records[0].image)  # png is lossless: the generator's pixels exactly
 
 
 def test_crash_before_stats_leaves_unit_incomplete_and_no_temp_files(tmp_path, monkeypatch):
@@ -76,35 +155,31 @@ def test_crash_before_stats_leaves_unit_incomplete_and_no_temp_files(tmp_path, m
     def disk_full(path, text):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(shards, "atomic_write_text", disk_full)
+    monkeypatch.setattr(unit_writer, "atomic_write_text", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        write_unit(layout, UNIT, make_records())
-    assert layout.shard_tar(UNIT).exists()  # the data files were written first ...
-    assert not layout.is_complete(UNIT)  # ... but without stats the unit counts as not done
+        write_unit(layout, unit(0, 0), make_records(unit(0, 0)), {}, DATASET)
+    assert layout.unit_tar(unit(0, 0)).exists() and not layout.unit_is_complete(unit(0, 0))
     assert not list(tmp_path.rglob("*.tmp-*"))
 
 
 def test_failed_write_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
-    layout = OutputLayout(tmp_path)
-
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(shards.pq, "write_table", fail)
-    with pytest.raises(OSError, match=r"could not write .*train-00003.parquet"):
-        write_unit(layout, UNIT, make_records())
-    assert not list(tmp_path.rglob("*.tmp-*")) and not layout.is_complete(UNIT)
+    monkeypatch.setattr(unit_writer.pq, "write_table", fail)
+    with pytest.raises(OSError, match=r"could not write .*train-00000.parquet"):
+        write_unit(OutputLayout(tmp_path), unit(0, 0), make_records(unit(0, 0)), {}, DATASET)
+    assert not list(tmp_path.rglob("*.tmp-*"))
 
 
-def test_records_must_belong_to_their_unit(tmp_path):
-    records = make_records()
+def test_a_record_without_image_becomes_a_reject_and_records_must_stay_in_order(tmp_path):
+    records = make_records(unit(0, 0))
     records[0].image = None
-    with pytest.raises(ValueError, match="has no image"):
-        write_unit(OutputLayout(tmp_path), UNIT, records)
-    records = make_records()
-    records[1].key = records[0].key
-    with pytest.raises(ValueError, match="duplicate sample keys"):
-        write_unit(OutputLayout(tmp_path), UNIT, records)
+    stats = write_unit(OutputLayout(tmp_path), unit(0, 0), records, {}, DATASET)
+    assert stats["reject_reasons"] == {"writer": {"missing_image": 1}}
+    shuffled = make_records(unit(0, 0))[::-1]
+    with pytest.raises(ValueError, match="keep the unit's records in order"):
+        write_unit(OutputLayout(tmp_path), unit(0, 0), shuffled, {}, DATASET)
 
 
 def test_keys_with_dots_are_refused():
@@ -112,22 +187,23 @@ def test_keys_with_dots_are_refused():
         SampleRecord(key="a.b", category="c", split="train", seed=0)
 
 
-def test_units_and_seeds_are_stable():
-    units = plan_units(5, "SynthCount", "train", 1050, 250)
+def test_plans_and_seeds_are_stable_and_independent_of_unit_size():
+    targets = split_targets({"SynthCount": {"train": 1050, "test": 0}}, 2.0)
+    units = plan_round(targets, {}, 5, 250, 0)
     assert [u.num_samples for u in units] == [250, 250, 250, 250, 50]
-    assert len({u.seed for u in units}) == 5
-    assert units[0].seed == derive_seed(5, "SynthCount", "train", 0)
-    assert plan_units(5, "SynthCount", "train", 1050, 250) == units
-    assert plan_units(6, "SynthCount", "train", 1050, 250)[0].seed != units[0].seed
-    assert units[1].sample_key(7) == "synthcount_train_00001_00007"
+    assert units[1].first_position == 250 and units[1].sample_key(257) == "synthcount_train_0000257"
+    assert plan_round(targets, {}, 5, 250, 0) == units
+    other = plan_round(targets, {}, 5, 100, 0)
+    assert other[2].sample_seed(257) == units[1].sample_seed(257)  # the seed follows the position only
+    assert plan_round(targets, {}, 6, 250, 0)[0].sample_seed(0) != units[0].sample_seed(0)
 
 
 def test_json_member_keeps_one_schema_and_round_trips():
-    record = make_records()[0]
+    record = make_records(unit(0, 0))[0]
     record.scores["clip/cosine"] = 0.25
     record.metadata = {"scenes": [{"objects": 2}], "extra": "family-specific"}
     record.provenance = {"git_sha": "abc", "stages": {"describe": {"model": "m"}}}
-    data = json.loads(shards.canonical_json(record.to_json_dict()))
+    data = json.loads(json.dumps(record.to_json_dict()))
     assert data["scores"] == [{"name": "clip/cosine", "value": 0.25}, {"name": "rules/qa_turns", "value": 1.0}]
     assert isinstance(data["metadata"], str) and isinstance(data["provenance"], str)
     back = SampleRecord.from_json_dict(data)

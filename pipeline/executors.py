@@ -1,0 +1,185 @@
+"""Executors run work units through the stages and the writer and yield each unit's outcome.
+
+``LocalExecutor`` does it in this process, one unit after another: the reference the Ray path is tested and
+measured against. ``RayExecutor`` streams units through Ray Data: CPU segments as tasks, model segments on
+actor pools that load their model once, the writer as a CPU step of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.config import RunConfig
+from pipeline.planning import WorkUnit
+from pipeline.progress import ProgressBoard, RayProgressReporter, ray_progress_board
+from pipeline.resources import WRITER_CPUS, ray_map_args
+from pipeline.stage import RunContext
+from pipeline.unit_work import SegmentWorker, UnitInFlight, UnitOutcome, WriterWorker, plan_segments
+
+logger = logging.getLogger(__name__)
+
+
+class LocalExecutor:
+    def __init__(self, config: RunConfig, out_dir: Path, context: RunContext, use_cache: bool) -> None:
+        self.board = ProgressBoard()
+        retries = config.faults.unit_retries
+        self.worker = SegmentWorker(config.stages, context, config.plugins, str(out_dir), use_cache, retries, self.board)
+        self.writer = WriterWorker(str(out_dir), config.dataset, retries, self.board)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.board.snapshot()
+
+    def run(self, units: list[WorkUnit]) -> Iterator[UnitOutcome]:
+        for unit in units:
+            yield self.writer(self.worker(UnitInFlight(unit)))
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """Ray must be initialised. One Ray Data execution per call of ``run``."""
+
+    def __init__(self, config: RunConfig, out_dir: Path, context: RunContext, use_cache: bool) -> None:
+        import ray
+
+        self.config = config
+        self.out_dir = str(out_dir)
+        self.context = context
+        self.use_cache = use_cache
+        self.board = ray_progress_board()
+        self.reporter = RayProgressReporter(self.board)
+        self._ray = ray
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._ray.get(self.board.snapshot.remote(), timeout=10)
+
+    def run(self, units: list[WorkUnit]) -> Iterator[UnitOutcome]:
+        import ray.data
+
+        if not units:
+            return
+        segments = plan_segments(self.config.stages)
+        _configure_ray_data(len(segments) + 1)
+        retries = self.config.faults.unit_retries
+        rows = [UnitInFlight(u).to_row() for u in units]
+        dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+        with warnings.catch_warnings():
+            # Retries and placement groups still go through ray_remote_args, deprecated in Ray 2.60 with no
+            # replacement yet; pyproject.toml pins Ray below 2.64, which removes them.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
+            dataset = self._pipeline(dataset, segments, retries)
+        seen = set()
+        for row in dataset.iter_rows():
+            outcome = _outcome_from_row(row)
+            seen.add(outcome.unit.unit_id)
+            yield outcome
+        locations = self.snapshot()["locations"]
+        for unit in units:
+            if unit.unit_id not in seen:
+                stage = locations.get(unit.unit_id, "the first stage")
+                yield UnitOutcome(unit, error=f"the Ray worker running stage {stage!r} on unit {unit.unit_id} died "
+                                              f"{retries + 1} time(s) (a crash outside Python, e.g. out of memory; "
+                                              "see the Ray logs)")
+
+    def _pipeline(self, dataset: Any, segments: list, retries: int) -> Any:
+        import ray.data
+
+        for segment in segments:
+            worker_args = {"specs": list(segment.specs), "context": self.context, "plugins": self.config.plugins,
+                           "out_dir": self.out_dir, "use_cache": self.use_cache, "retries": retries,
+                           "reporter": self.reporter}
+            common = {"batch_size": 1, "batch_format": "pyarrow"}
+            if segment.uses_model:
+                dataset = dataset.map_batches(_SegmentActor, fn_constructor_kwargs=worker_args, **common,
+                                              **ray_map_args(segment.specs[0], retries))
+            else:
+                caps = [s.resources.concurrency for s in segment.specs if isinstance(s.resources.concurrency, int)]
+                envs = [s.resources.runtime_env for s in segment.specs if s.resources.runtime_env]
+                dataset = dataset.map_batches(
+                    _run_segment_task, fn_kwargs=worker_args, **common,
+                    num_cpus=max(s.resources.num_cpus for s in segment.specs),
+                    compute=ray.data.TaskPoolStrategy(size=min(caps)) if caps else None,
+                    max_retries=retries, **({"runtime_env": _merge(envs)} if envs else {}))
+        dataset = dataset.map_batches(
+            _write_units_task, batch_size=1, batch_format="pyarrow", num_cpus=WRITER_CPUS, max_retries=retries,
+            fn_kwargs={"out_dir": self.out_dir, "dataset_config": self.config.dataset, "retries": retries,
+                       "reporter": self.reporter})
+        return dataset
+
+    def close(self) -> None:
+        self._ray.kill(self.board)
+
+
+def _configure_ray_data(operators: int) -> None:
+    """Set every execution option a run depends on (the data context outlives a run in its process)."""
+    import ray.data
+    from ray.util.debug import log_once
+
+    data_context = ray.data.DataContext.get_current()
+    # The run draws its own per-stage bars; claiming Ray Data's log-once key silences its warning about that.
+    log_once("ray_data_progress_manager_disabled")
+    data_context.enable_progress_bars = False
+    data_context.print_on_execution_start = False
+    # A unit whose worker keeps dying fails alone; the run finishes the others and lists it.
+    data_context.max_errored_blocks = -1
+    # Reservation splits the CPUs between operators; with one operator it only leaves CPUs idle.
+    data_context.op_resource_reservation_enabled = operators > 1
+
+
+def _merge(envs: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for env in envs:
+        for key, value in env.items():
+            if isinstance(value, dict):
+                merged.setdefault(key, {}).update(value)
+            else:
+                merged[key] = value
+    return merged
+
+
+def _map_rows(batch: pa.Table, worker: Any) -> pa.Table:
+    rows = [worker(UnitInFlight.from_row(row)).to_row() for row in batch.to_pylist()]
+    return pa.Table.from_pylist(rows, schema=_ROW_SCHEMA)
+
+
+_ROW_SCHEMA = pa.schema([("unit", pa.string()), ("payload", pa.large_binary()), ("error", pa.string())])
+
+
+def _run_segment_task(batch: pa.Table, **worker_args: Any) -> pa.Table:
+    return _map_rows(batch, SegmentWorker(**worker_args))
+
+
+class _SegmentActor:
+    """Holds a model-backed stage for the life of a Ray actor, so the model loads once."""
+
+    def __init__(self, **worker_args: Any) -> None:
+        self.worker = SegmentWorker(**worker_args)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _map_rows(batch, self.worker)
+
+
+def _write_units_task(batch: pa.Table, out_dir: str, dataset_config: Any, retries: int, reporter: Any) -> pa.Table:
+    import json
+
+    writer = WriterWorker(out_dir, dataset_config, retries, reporter)
+    outcomes = [writer(UnitInFlight.from_row(row)) for row in batch.to_pylist()]
+    return pa.table({
+        "unit": [json.dumps(o.unit.to_dict()) for o in outcomes],
+        "stats": [json.dumps(o.stats) if o.stats is not None else "" for o in outcomes],
+        "error": [o.error or "" for o in outcomes],
+    })
+
+
+def _outcome_from_row(row: dict[str, Any]) -> UnitOutcome:
+    import json
+
+    unit = WorkUnit.from_dict(json.loads(row["unit"]))
+    return UnitOutcome(unit, stats=json.loads(row["stats"]) if row["stats"] else None, error=row["error"] or None)

@@ -1,0 +1,137 @@
+"""A unit's path through the stages, in pieces that the executors schedule.
+
+Consecutive stages without a model form one segment and run in one task per unit; a stage with a model is
+a segment of its own, run by a pool of actors; the writer is a CPU step of its own after the last segment.
+A unit that fails as a whole (not one of its samples) carries its error to the end instead of its records.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import DatasetConfig, StageSpec
+from pipeline.layout import OutputLayout
+from pipeline.planning import WorkUnit
+from pipeline.record import SampleRecord
+from pipeline.stage import RunContext
+from pipeline.stage_runner import ProgressReporter, StageRunner, StageStats, build_stages, new_records
+from pipeline.unit_writer import WRITER_STAGE, write_unit
+
+
+@dataclass(frozen=True)
+class Segment:
+    specs: tuple[StageSpec, ...]
+    uses_model: bool
+
+    @property
+    def label(self) -> str:
+        return "+".join(spec.stage_id for spec in self.specs)
+
+
+def plan_segments(stages: list[StageSpec]) -> list[Segment]:
+    segments: list[Segment] = []
+    run: list[StageSpec] = []
+    for spec in stages:
+        if spec.stage_class().uses_model:
+            if run:
+                segments.append(Segment(tuple(run), uses_model=False))
+                run = []
+            segments.append(Segment((spec,), uses_model=True))
+        else:
+            run.append(spec)
+    if run:
+        segments.append(Segment(tuple(run), uses_model=False))
+    return segments
+
+
+@dataclass
+class UnitOutcome:
+    unit: WorkUnit
+    stats: dict[str, Any] | None = None  # the unit's stats when it completed
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.stats is not None
+
+
+@dataclass
+class UnitInFlight:
+    """What travels between segments: the unit, its records so far, and its stage stats, or its error."""
+
+    unit: WorkUnit
+    records: list[SampleRecord] | None = None
+    stage_stats: dict[str, StageStats] | None = None
+    error: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        return {"unit": json.dumps(self.unit.to_dict()),
+                "payload": pickle.dumps((self.records, self.stage_stats), protocol=pickle.HIGHEST_PROTOCOL),
+                "error": self.error or ""}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> UnitInFlight:
+        records, stage_stats = pickle.loads(row["payload"])
+        return cls(WorkUnit.from_dict(json.loads(row["unit"])), records, stage_stats, row["error"] or None)
+
+
+class SegmentWorker:
+    """Runs one segment's stages on units; a unit error is retried ``retries`` times, then carried along."""
+
+    def __init__(self, specs: list[StageSpec], context: RunContext, plugins: list[str], out_dir: str,
+                 use_cache: bool, retries: int, reporter: ProgressReporter | None) -> None:
+        self.runner = StageRunner(build_stages(specs, context, plugins), Path(out_dir), use_cache, reporter)
+        self.context = context
+        self.retries = retries
+
+    def __call__(self, item: UnitInFlight) -> UnitInFlight:
+        if item.error:
+            return item
+        last_error = ""
+        for _ in range(self.retries + 1):
+            records = new_records(item.unit, self.context) if item.records is None else \
+                [r.snapshot() for r in item.records]
+            try:
+                stats = self.runner.run(item.unit, records)
+            except Exception as error:
+                last_error = describe_error(error, f"stage run on unit {item.unit.unit_id}")
+                continue
+            return UnitInFlight(item.unit, records, {**(item.stage_stats or {}), **stats})
+        return UnitInFlight(item.unit, error=last_error)
+
+
+class WriterWorker:
+    """The CPU step after the last segment: writes the unit's files and reports its outcome."""
+
+    def __init__(self, out_dir: str, dataset: DatasetConfig, retries: int, reporter: ProgressReporter | None) -> None:
+        self.layout = OutputLayout(Path(out_dir))
+        self.dataset = dataset
+        self.retries = retries
+        self.reporter = reporter
+
+    def __call__(self, item: UnitInFlight) -> UnitOutcome:
+        if item.error:
+            return UnitOutcome(item.unit, error=item.error)
+        records = item.records if item.records is not None else []
+        last_error = ""
+        for _ in range(self.retries + 1):
+            try:
+                stats = write_unit(self.layout, item.unit, records, item.stage_stats or {}, self.dataset)
+            except Exception as error:
+                last_error = describe_error(error, f"writing unit {item.unit.unit_id}")
+                continue
+            if self.reporter:
+                self.reporter.advanced(WRITER_STAGE, stats["samples"], stats["stages"][WRITER_STAGE]["rejected"])
+            return UnitOutcome(item.unit, stats=stats)
+        return UnitOutcome(item.unit, error=last_error)
+
+
+def describe_error(error: BaseException, doing: str) -> str:
+    where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    location = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+    return f"{doing}: {type(error).__name__}: {' '.join(str(error).split())[:500]}{location}"
