@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
+import sys
 from pathlib import Path
 import re
 from typing import Any, Literal
@@ -243,6 +245,9 @@ def stage_spec(config: RunConfig, stage_id: str) -> StageSpec:
 
 
 def import_plugins(modules: list[str]) -> None:
+    """Import plugin modules from sys.path or, as ``python -m`` would, the current directory."""
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     for module in modules:
         try:
             importlib.import_module(module)

@@ -37,7 +37,7 @@ class LocalExecutor:
 
     def run(self, units: list[WorkUnit]) -> Iterator[UnitOutcome]:
         for unit in units:
-            yield self.writer(self.worker(UnitInFlight(unit)))
+            yield self.writer(self.worker(lambda unit=unit: UnitInFlight(unit)))
 
     def close(self) -> None:
         pass
@@ -55,6 +55,7 @@ class RayExecutor:
         self.use_cache = use_cache
         self.board = ray_progress_board()
         self.reporter = RayProgressReporter(self.board)
+        self.placement_groups: list[Any] = []
         self._ray = ray
 
     def snapshot(self) -> dict[str, Any]:
@@ -76,10 +77,13 @@ class RayExecutor:
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
             dataset = self._pipeline(dataset, segments, retries)
         seen = set()
-        for row in dataset.iter_rows():
-            outcome = _outcome_from_row(row)
-            seen.add(outcome.unit.unit_id)
-            yield outcome
+        try:
+            for row in dataset.iter_rows():
+                outcome = _outcome_from_row(row)
+                seen.add(outcome.unit.unit_id)
+                yield outcome
+        finally:
+            self._remove_placement_groups()
         locations = self.snapshot()["locations"]
         for unit in units:
             if unit.unit_id not in seen:
@@ -98,7 +102,7 @@ class RayExecutor:
             common = {"batch_size": 1, "batch_format": "pyarrow"}
             if segment.uses_model:
                 dataset = dataset.map_batches(_SegmentActor, fn_constructor_kwargs=worker_args, **common,
-                                              **ray_map_args(segment.specs[0], retries))
+                                              **ray_map_args(segment.specs[0], retries, self.placement_groups))
             else:
                 caps = [s.resources.concurrency for s in segment.specs if isinstance(s.resources.concurrency, int)]
                 envs = [s.resources.runtime_env for s in segment.specs if s.resources.runtime_env]
@@ -113,7 +117,15 @@ class RayExecutor:
                        "reporter": self.reporter})
         return dataset
 
+    def _remove_placement_groups(self) -> None:
+        """Ray keeps a placement group's reservation until it is removed, also after its actor is gone."""
+        from ray.util.placement_group import remove_placement_group
+
+        while self.placement_groups:
+            remove_placement_group(self.placement_groups.pop())
+
     def close(self) -> None:
+        self._remove_placement_groups()
         self._ray.kill(self.board)
 
 
@@ -145,7 +157,7 @@ def _merge(envs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _map_rows(batch: pa.Table, worker: Any) -> pa.Table:
-    rows = [worker(UnitInFlight.from_row(row)).to_row() for row in batch.to_pylist()]
+    rows = [worker(lambda row=row: UnitInFlight.from_row(row)).to_row() for row in batch.to_pylist()]
     return pa.Table.from_pylist(rows, schema=_ROW_SCHEMA)
 
 

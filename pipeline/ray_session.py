@@ -34,6 +34,7 @@ def ray_session(config: RayConfig, address: str | None = None) -> Iterator[None]
         logger.info("starting an embedded local Ray (%s CPUs)", config.num_cpus or "all")
         ray.init(
             num_cpus=config.num_cpus,
+            num_gpus=config.num_gpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             _temp_dir=config.temp_dir,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,17 +90,17 @@ class SampleRecord:
         """What goes into ``KEY.txt``."""
         return self.description or self.caption
 
-    def snapshot(self) -> SampleRecord:
-        """A copy whose mutable fields are independent; images are shared (stages replace, never edit, them)."""
-        return dataclasses.replace(
-            self, conversations=[dict(t) for t in self.conversations], scores=dict(self.scores),
-            provenance=json.loads(json.dumps(self.provenance)), metadata=json.loads(json.dumps(self.metadata)),
-            candidates=list(self.candidates),
-        )
+    def snapshot(self) -> bytes:
+        """The record's state, to undo what a failed stage did to it; images are shared, not copied (stages
+        replace them, never edit them in place). Pickling is cheap and only a failure pays for unpickling."""
+        state = {name: getattr(self, name) for name in _JSON_FIELDS}
+        return pickle.dumps((state, self.image, list(self.candidates)), protocol=pickle.HIGHEST_PROTOCOL)
 
-    def restore(self, snapshot: SampleRecord) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(snapshot, f.name))
+    def restore(self, snapshot: bytes) -> None:
+        state, image, candidates = pickle.loads(snapshot)
+        for name, value in state.items():
+            setattr(self, name, value)
+        self.image, self.candidates = image, candidates
 
     def to_json_dict(self) -> dict[str, Any]:
         """The ``KEY.json`` member: every field but the images, in one schema for the whole dataset.

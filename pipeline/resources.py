@@ -91,8 +91,9 @@ def preflight_problems(specs: list[StageSpec], cluster: ClusterResources) -> lis
     return problems
 
 
-def ray_map_args(spec: StageSpec, unit_retries: int) -> dict[str, Any]:
-    """Keyword arguments of ``map_batches`` for a model stage's actor pool."""
+def ray_map_args(spec: StageSpec, unit_retries: int, placement_groups: list[Any]) -> dict[str, Any]:
+    """Keyword arguments of ``map_batches`` for a model stage's actor pool; placement groups it creates are
+    appended to ``placement_groups`` for the caller to remove when the pool is done."""
     from ray.data import ActorPoolStrategy
 
     r = spec.resources
@@ -108,7 +109,7 @@ def ray_map_args(spec: StageSpec, unit_retries: int) -> dict[str, Any]:
         "max_task_retries": unit_retries,
     }
     if r.tensor_parallel_size > 1:
-        args["ray_remote_args_fn"] = tensor_parallel_placement(r)
+        args["ray_remote_args_fn"] = tensor_parallel_placement(r, placement_groups)
     elif r.num_gpus:
         args["num_gpus"] = r.num_gpus
     if r.accelerator_type:
@@ -118,9 +119,9 @@ def ray_map_args(spec: StageSpec, unit_retries: int) -> dict[str, Any]:
     return args
 
 
-def tensor_parallel_placement(resources: StageResources) -> Callable[[], dict[str, Any]]:
-    """A function Ray Data calls per actor: a placement group of ``tensor_parallel_size`` GPU bundles on one
-    node, which the actor's child tasks (the model's parallel workers) are scheduled into."""
+def tensor_parallel_placement(resources: StageResources, created: list[Any]) -> Callable[[], dict[str, Any]]:
+    """A function Ray Data calls (in the driver) per actor: a placement group of ``tensor_parallel_size`` GPU
+    bundles on one node, which the actor's child tasks (the model's parallel workers) are scheduled into."""
 
     def placement() -> dict[str, Any]:
         from ray.util.placement_group import placement_group
@@ -128,6 +129,7 @@ def tensor_parallel_placement(resources: StageResources) -> Callable[[], dict[st
 
         bundles = [{"GPU": 1.0, "CPU": resources.num_cpus}] + [{"GPU": 1.0}] * (resources.tensor_parallel_size - 1)
         group = placement_group(bundles, strategy="STRICT_PACK")
+        created.append(group)
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
             group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)}
 

@@ -3,47 +3,32 @@
 For each category and split the accepted samples are the first N accepted by position, so the result does
 not depend on the order units finished in; accepted samples beyond N are kept as rejects with reason
 ``surplus``. Shard k holds accepted samples k*S .. (k+1)*S-1 (S = ``dataset.shard_size``), its tar is the
-byte-for-byte concatenation of those samples' members in the unit tars, and its rejects are the rejected
-samples whose positions fall in its span. Each shard's ``_stats.json`` is written last: a shard is complete
-iff it exists.
+byte-for-byte concatenation of those samples' members in the unit tars, its parquet the matching rows of the
+unit indexes (in the dataset's one schema), and its rejects the rejected samples whose positions fall in its
+span. Each shard's ``_stats.json`` is written last: a shard is complete iff it exists.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.fileio import atomic_path, atomic_write_text, sha256_file
 from pipeline.layout import OutputLayout
 from pipeline.planning import SplitTarget, WorkUnit
 from pipeline.record import STATUS_REJECTED, canonical_json_text
+from pipeline.tables import REJECTS_SCHEMA, SCORE_PREFIX, conform, shard_schema
 from pipeline.tar_members import end_of_archive, read_members
 from pipeline.unit_writer import reason_kind
 
 SELECT_STAGE = "select"
 SURPLUS_REASON = "surplus: accepted beyond the number of samples wanted"
-RECORD_COLUMNS = (
-    ("key", pa.string()), ("category", pa.string()), ("split", pa.string()), ("seed", pa.int64()),
-    ("seed_caption", pa.string()), ("caption", pa.string()), ("description", pa.string()),
-    ("conversations", pa.string()), ("scores", pa.string()), ("provenance", pa.string()), ("metadata", pa.string()),
-    ("status", pa.string()), ("reject_stage", pa.string()), ("reject_reason", pa.string()),
-)
-REJECTS_SCHEMA = pa.schema([
-    ("key", pa.string()), ("category", pa.string()), ("split", pa.string()), ("reject_stage", pa.string()),
-    ("reject_reason", pa.string()), ("record_json", pa.string()), ("image", pa.binary()),
-])
-_INDEX_COLUMNS = ["key", "position", "status", "tar_offset", "tar_size"]
-
-
-def shard_schema(score_names: Iterable[str]) -> pa.Schema:
-    """One schema for every shard parquet of a dataset: the record's fields and a column per score name."""
-    return pa.schema([*RECORD_COLUMNS, *[(f"score/{name}", pa.float64()) for name in sorted(score_names)]])
 
 
 @dataclass(frozen=True)
@@ -62,9 +47,6 @@ class ShardPlan:
     first_position: int  # the span whose rejects this shard keeps
     end_position: int | None  # None: to the end
 
-    def covers(self, position: int) -> bool:
-        return self.first_position <= position and (self.end_position is None or position < self.end_position)
-
 
 def select_accepted(layout: OutputLayout, target: SplitTarget, units: list[WorkUnit],
                     removed: dict[str, tuple[str, str]] | None = None) -> tuple[list[Selected], int]:
@@ -73,9 +55,10 @@ def select_accepted(layout: OutputLayout, target: SplitTarget, units: list[WorkU
     removed = removed or {}
     accepted = []
     for unit in units:
-        index = pq.read_table(layout.unit_index(unit), columns=["key", "position", "status"]).to_pylist()
-        accepted += [Selected(unit, row["key"], row["position"]) for row in index
-                     if row["status"] != STATUS_REJECTED and row["key"] not in removed]
+        index = pq.read_table(layout.unit_index(unit), columns=["key", "position", "status"]).to_pydict()
+        accepted += [Selected(unit, key, position) for key, position, status in
+                     zip(index["key"], index["position"], index["status"], strict=True)
+                     if status != STATUS_REJECTED and key not in removed]
     accepted.sort(key=lambda s: s.position)
     return accepted[:target.target], max(0, len(accepted) - target.target)
 
@@ -104,39 +87,24 @@ def write_shard(layout: OutputLayout, plan: ShardPlan, units: list[WorkUnit], sc
                 image_format: str, removed: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:
     """Write one shard (tar, parquet, rejects) and, last, its stats; returns the stats."""
     removed = removed or {}
-    selected_keys = {s.key for s in plan.samples}
     involved = {s.unit.unit_id: s.unit for s in plan.samples}
     involved.update({u.unit_id: u for u in units if _overlaps(u, plan)})
-    tables = {unit_id: pq.read_table(layout.unit_index(u)).to_pylist() for unit_id, u in involved.items()}
-    rows_by_key = {row["key"]: (unit_id, row) for unit_id, rows in tables.items() for row in rows}
+    tables = {unit_id: pq.read_table(layout.unit_index(u)) for unit_id, u in involved.items()}
     tar_files = {unit_id: layout.unit_tar(u) for unit_id, u in involved.items()}
+    selected = pa.array([s.key for s in plan.samples], pa.string())
 
     tar_path = layout.shard_tar(plan.category, plan.split, plan.index)
-    records = []
-    with atomic_path(tar_path) as temp, open(temp, "wb") as out:
-        written = 0
-        handles: dict[str, Any] = {}
-        try:
-            for sample in plan.samples:
-                unit_id, row = rows_by_key[sample.key]
-                handle = handles.get(unit_id) or handles.setdefault(unit_id, open(tar_files[unit_id], "rb"))
-                handle.seek(row["tar_offset"])
-                block = handle.read(row["tar_size"])
-                if len(block) != row["tar_size"]:
-                    raise ValueError(f"{tar_files[unit_id]} is truncated; delete its _stats.json to redo the unit")
-                out.write(block)
-                written += len(block)
-                records.append(json.loads(row["record_json"]))
-            out.write(end_of_archive(written))
-        finally:
-            for handle in handles.values():
-                handle.close()
+    with atomic_path(tar_path) as temp:
+        _copy_members(temp, plan, tables, tar_files)
 
+    schema = shard_schema(score_names)
+    parts = [conform(t.filter(pc.is_in(t.column("key"), value_set=selected)), schema) for t in tables.values()]
+    records = pa.concat_tables(parts).sort_by("key") if parts else schema.empty_table()
     parquet_path = layout.shard_parquet(plan.category, plan.split, plan.index)
     with atomic_path(parquet_path) as temp:
-        pq.write_table(_records_table(records, score_names), temp)
+        pq.write_table(records, temp)
 
-    rejects = _rejects_in_span(layout, plan, tables, tar_files, selected_keys, removed, image_format)
+    rejects = _rejects_in_span(plan, tables, tar_files, selected, removed, image_format)
     rejects_path = layout.rejects(plan.category, plan.split, plan.index)
     with atomic_path(rejects_path) as temp:
         pq.write_table(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), temp)
@@ -164,28 +132,60 @@ def write_shard(layout: OutputLayout, plan: ShardPlan, units: list[WorkUnit], sc
     return stats
 
 
+def _copy_members(temp, plan: ShardPlan, tables: dict[str, pa.Table], tar_files: dict) -> None:
+    """The selected samples' members, byte for byte from the unit tars, in position order."""
+    location = {}
+    for unit_id, table in tables.items():
+        columns = table.select(["key", "tar_offset", "tar_size"]).to_pydict()
+        location.update({k: (unit_id, o, n) for k, o, n in
+                         zip(columns["key"], columns["tar_offset"], columns["tar_size"], strict=True)})
+    written = 0
+    handles: dict[str, Any] = {}
+    try:
+        with open(temp, "wb") as out:
+            for sample in plan.samples:
+                unit_id, offset, size = location[sample.key]
+                handle = handles.get(unit_id) or handles.setdefault(unit_id, open(tar_files[unit_id], "rb"))
+                handle.seek(offset)
+                block = handle.read(size)
+                if len(block) != size:
+                    raise ValueError(f"{tar_files[unit_id]} is truncated; delete its _stats.json to redo the unit")
+                out.write(block)
+                written += size
+            out.write(end_of_archive(written))
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
 def _overlaps(unit: WorkUnit, plan: ShardPlan) -> bool:
     last = unit.first_position + unit.num_samples - 1
     return last >= plan.first_position and (plan.end_position is None or unit.first_position < plan.end_position)
 
 
-def _rejects_in_span(layout: OutputLayout, plan: ShardPlan, tables: dict[str, list[dict]], tar_files: dict,
-                     selected: set[str], removed: dict[str, tuple[str, str]], image_format: str) -> list[dict]:
+def _rejects_in_span(plan: ShardPlan, tables: dict[str, pa.Table], tar_files: dict, selected: pa.Array,
+                     removed: dict[str, tuple[str, str]], image_format: str) -> list[dict]:
     rejects = []
-    for unit_id, rows in tables.items():
-        for row in rows:
-            if not plan.covers(row["position"]) or row["key"] in selected:
-                continue
-            record = json.loads(row["record_json"])
-            image = row["image"]
+    columns = ["key", "position", "status", "reject_stage", "reject_reason", "record_json", "image", "tar_offset",
+               "tar_size"]
+    for unit_id, table in tables.items():
+        position = table.column("position")
+        in_span = pc.greater_equal(position, plan.first_position)
+        if plan.end_position is not None:
+            in_span = pc.and_(in_span, pc.less(position, plan.end_position))
+        mask = pc.and_(in_span, pc.invert(pc.is_in(table.column("key"), value_set=selected)))
+        for row in table.filter(mask).select(columns).to_pylist():
             if row["status"] == STATUS_REJECTED:
-                stage, reason = row["reject_stage"], row["reject_reason"]
+                stage, reason, record_json, image = (row["reject_stage"], row["reject_reason"], row["record_json"],
+                                                     row["image"])
             else:  # accepted by every stage, then removed by a run-wide decision or beyond the target
                 stage, reason = removed.get(row["key"], (SELECT_STAGE, SURPLUS_REASON))
+                record = json.loads(row["record_json"])
                 record.update(status=STATUS_REJECTED, reject_stage=stage, reject_reason=reason)
+                record_json = canonical_json_text(record)
                 image = _image_member(tar_files[unit_id], row, image_format)
             rejects.append({"key": row["key"], "category": plan.category, "split": plan.split, "reject_stage": stage,
-                            "reject_reason": reason, "record_json": canonical_json_text(record), "image": image,
+                            "reject_reason": reason, "record_json": record_json, "image": image,
                             "_position": row["position"]})
     rejects.sort(key=lambda r: r.pop("_position"))
     return rejects
@@ -198,18 +198,6 @@ def _image_member(tar_path, row: dict, image_format: str) -> bytes:
     return read_members(block + end_of_archive(len(block)))[f"{row['key']}.{image_format}"]
 
 
-def _records_table(records: list[dict[str, Any]], score_names: list[str]) -> pa.Table:
-    """One row per sample: the record's fields (nested ones as canonical JSON) and a float column per score."""
-    schema = shard_schema(score_names)
-    rows = []
-    for record in records:
-        row = {name: canonical_json_text(record[name]) if isinstance(record[name], (dict, list)) else record[name]
-               for name, _ in RECORD_COLUMNS}
-        row.update({f"score/{entry['name']}": entry["value"] for entry in record["scores"]})
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
 def _reasons(rejects: list[dict]) -> dict[str, dict[str, int]]:
     by_stage: dict[str, Counter] = {}
     for row in rejects:
@@ -217,11 +205,9 @@ def _reasons(rejects: list[dict]) -> dict[str, dict[str, int]]:
     return {stage: dict(sorted(counts.items())) for stage, counts in sorted(by_stage.items())}
 
 
-def _score_means(records: list[dict[str, Any]]) -> dict[str, float]:
-    totals: Counter = Counter()
-    counts: Counter = Counter()
-    for record in records:
-        for entry in record["scores"]:
-            totals[entry["name"]] += entry["value"]
-            counts[entry["name"]] += 1
-    return {name: totals[name] / counts[name] for name in sorted(totals)}
+def _score_means(table: pa.Table) -> dict[str, float]:
+    means = {}
+    for name in table.column_names:
+        if name.startswith(SCORE_PREFIX) and table.column(name).null_count < table.num_rows:
+            means[name.removeprefix(SCORE_PREFIX)] = pc.mean(table.column(name)).as_py()
+    return means

@@ -129,5 +129,5 @@ class StageRunner:
             try:
                 stage.process([record], context)
             except Exception as error:
-                record.restore(snapshot.snapshot())
+                record.restore(snapshot)
                 record.reject_with_error(stage.id, error)

@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -102,17 +103,23 @@ def synthesize(config: RunConfig, out_dir: Path, address: str | None = None, use
             try:
                 if use_ray:
                     _preflight(config)
+                started = time.perf_counter()
                 _run_rounds(config, layout, targets, executor, state)
+                logger.info("work units finished in %.1f s (%d run, %d already complete)",
+                            time.perf_counter() - started, state.units_run, state.units_skipped)
             except RunFailed as failure:
                 error = failure
             finally:
                 executor.close()
-
-        _write_failed_units(layout, state.failed)
-        shards = _assemble(config, layout, [t for t in targets if t.name not in state.blocked], state)
+            _write_failed_units(layout, state.failed)
+            started = time.perf_counter()
+            shards = _assemble(config, layout, [t for t in targets if t.name not in state.blocked], state, use_ray)
+            logger.info("%d shards ready in %.1f s", len(shards), time.perf_counter() - started)
+        started = time.perf_counter()
         complete = not state.failed and error is None
         manifest = write_index(layout, config, targets, shards, state.units, state.failed, complete)
         write_card(layout.root)
+        logger.info("manifest and card written in %.1f s", time.perf_counter() - started)
     if error is None and state.failed:
         error = RunFailed(_failure_summary(state.failed, layout))
     if error is not None:
@@ -141,8 +148,10 @@ def _run_rounds(config: RunConfig, layout: OutputLayout, targets: list[SplitTarg
                         sum(u.num_samples for u in todo), len(planned) - len(todo))
             stage_ids = [s.stage_id for s in config.stages] + [WRITER_STAGE]
             total = sum(u.num_samples for u in todo)
-            with ProgressDisplay(stage_ids, total, executor.snapshot, enabled=config.ray.progress):
-                for outcome in executor.run(todo):
+            # closing(): stopping early must shut the Ray Data execution down, or its actors keep their CPUs.
+            with ProgressDisplay(stage_ids, total, executor.snapshot, enabled=config.ray.progress), \
+                    contextlib.closing(executor.run(todo)) as outcomes:
+                for outcome in outcomes:
                     _record_outcome(outcome, state, errors)
         state.blocked |= {f"{u.category}/{u.split}" for u in todo if u.unit_id in state.failed}
         active = [t for t in active if t.name not in state.blocked]
@@ -198,26 +207,36 @@ def _tally(layout: OutputLayout, units: list[WorkUnit]) -> SplitTally:
     return SplitTally(positions=sum(u.num_samples for u in units), accepted=accepted, units=len(units))
 
 
-def _assemble(config: RunConfig, layout: OutputLayout, targets: list[SplitTarget], state: RoundsState) -> list[dict]:
-    """Write the shards of every settled split; returns the stats of all its shards."""
+def _assemble(config: RunConfig, layout: OutputLayout, targets: list[SplitTarget], state: RoundsState,
+              use_ray: bool) -> list[dict]:
+    """Write the shards of every settled split (on Ray, as parallel tasks); returns the stats of its shards."""
     all_units = [u for units in state.units.values() for u in units if _unit_complete(layout, u)]
     score_names = sorted({name for u in all_units for name in read_json(layout.unit_stats(u))["score_names"]})
-    shards = []
+    current, pending = [], []
     for target in targets:
         units = state.units.get(target.name, [])
         if not units or not all(_unit_complete(layout, u) for u in units):
             continue
-        selected, surplus = select_accepted(layout, target, units)
+        selected, _ = select_accepted(layout, target, units)
         for plan in plan_shards(target, selected, config.dataset.shard_size):
             if shard_is_current(layout, plan):
-                shards.append(read_json(layout.shard_stats(plan.category, plan.split, plan.index)))
+                current.append(read_json(layout.shard_stats(plan.category, plan.split, plan.index)))
             else:
-                shards.append(write_shard(layout, plan, units, score_names, config.dataset.image_format))
+                pending.append((plan, units))
         if len(selected) < target.target:
             logger.warning("%s: %d of %d samples accepted after %d attempts (max_attempts_factor %g)",
                            target.name, len(selected), target.target, sum(u.num_samples for u in units),
                            config.dataset.max_attempts_factor)
-    return shards
+    args = [(layout, plan, units, score_names, config.dataset.image_format) for plan, units in pending]
+    if use_ray and len(pending) > 1:
+        import ray
+
+        remote = ray.remote(num_cpus=1, max_retries=config.faults.unit_retries)(write_shard)
+        written = ray.get([remote.remote(*a) for a in args])
+    else:
+        written = [write_shard(*a) for a in args]
+    order = {(t.category, t.split): i for i, t in enumerate(targets)}
+    return sorted(current + written, key=lambda s: (order[(s["category"], s["split"])], s["index"]))
 
 
 def _write_failed_units(layout: OutputLayout, failed: dict[str, str]) -> None:

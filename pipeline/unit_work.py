@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,13 +90,16 @@ class SegmentWorker:
         self.context = context
         self.retries = retries
 
-    def __call__(self, item: UnitInFlight) -> UnitInFlight:
+    def __call__(self, load: Callable[[], UnitInFlight]) -> UnitInFlight:
+        """Run the segment on the unit ``load`` gives; each attempt loads a fresh copy of what came in."""
+        item = load()
         if item.error:
             return item
         last_error = ""
-        for _ in range(self.retries + 1):
-            records = new_records(item.unit, self.context) if item.records is None else \
-                [r.snapshot() for r in item.records]
+        for attempt in range(self.retries + 1):
+            if attempt:
+                item = load()
+            records = new_records(item.unit, self.context) if item.records is None else item.records
             try:
                 stats = self.runner.run(item.unit, records)
             except Exception as error:

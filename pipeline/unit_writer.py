@@ -24,20 +24,18 @@ from pipeline.layout import OutputLayout
 from pipeline.planning import WorkUnit
 from pipeline.record import STATUS_ACCEPTED, SampleRecord, canonical_json_text
 from pipeline.stage_runner import StageStats
+from pipeline.tables import record_row, shard_schema
 from pipeline.tar_members import end_of_archive, member_bytes
 
 WRITER_STAGE = "writer"
-UNIT_INDEX_SCHEMA = pa.schema([
-    ("key", pa.string()),
+# Besides the record columns and the unit's score columns (see pipeline.tables):
+UNIT_INDEX_COLUMNS = [
     ("position", pa.int64()),
-    ("status", pa.string()),
-    ("reject_stage", pa.string()),
-    ("reject_reason", pa.string()),
     ("record_json", pa.string()),
     ("tar_offset", pa.int64()),  # of the sample's first member in the unit tar; null for rejects
     ("tar_size", pa.int64()),  # of all its members
     ("image", pa.binary()),  # a reject's encoded image, when rejects keep theirs
-])
+]
 
 
 def text_statistics(record: SampleRecord) -> dict[str, float]:
@@ -77,9 +75,8 @@ def write_unit(layout: OutputLayout, unit: WorkUnit, records: list[SampleRecord]
     tar = bytearray()
     rows = []
     for position, record in zip(unit.positions, records, strict=True):
-        row = {"key": record.key, "position": position, "status": record.status,
-               "reject_stage": record.reject_stage, "reject_reason": record.reject_reason,
-               "record_json": canonical_json_text(record.to_json_dict()),
+        json_dict = record.to_json_dict()
+        row = {**record_row(json_dict), "position": position, "record_json": canonical_json_text(json_dict),
                "tar_offset": None, "tar_size": None, "image": None}
         if record.is_rejected:
             if dataset.keep_reject_images and record.image is not None:
@@ -93,8 +90,10 @@ def write_unit(layout: OutputLayout, unit: WorkUnit, records: list[SampleRecord]
         rows.append(row)
     tar += end_of_archive(len(tar))
     atomic_write_bytes(layout.unit_tar(unit), bytes(tar))
+    score_names = sorted({name for r in records for name in r.scores})
+    schema = pa.schema([*shard_schema(score_names), *UNIT_INDEX_COLUMNS])
     with atomic_path(layout.unit_index(unit)) as temp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=UNIT_INDEX_SCHEMA), temp)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), temp)
 
     accepted = [r for r in records if not r.is_rejected]
     writer = StageStats(records_in=len(encoded) + sum(1 for r in records if r.reject_stage == WRITER_STAGE),

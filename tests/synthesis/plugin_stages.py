@@ -137,7 +137,7 @@ class RandomModel(Stage):
 
         results = unit.cache.map([(r.seed, {"key": r.key, "caption": r.caption}) for r in records], compute)
         for record, result in zip(records, results, strict=True):
-            record.caption = f"{record.caption} [{result['noise']}]"
+            record.description = f"{record.description} [{result['noise']}]"
             record.image = record.image.copy()
             record.image[0, :4] = result["pixels"].reshape(4, 3)
 
@@ -171,3 +171,56 @@ class RejectEvery(Filter):
 
     def check(self, record: SampleRecord, scores: dict[str, float]) -> str | None:
         return "unlucky: seed divisible" if record.seed % self.params.every == 0 else None
+
+
+@register_stage("test_pixel_probe")
+class PixelProbe(Filter):
+    """Notes a digest of the exact pixels it receives, to check images travel losslessly between stages."""
+
+    def score(self, record: SampleRecord) -> dict[str, float]:
+        import hashlib
+
+        record.metadata["pixel_sha256"] = hashlib.sha256(record.image.tobytes()).hexdigest()
+        record.metadata["pixel_shape"] = list(record.image.shape)
+        return {"mean": float(record.image.mean())}
+
+    def check(self, record: SampleRecord, scores: dict[str, float]) -> str | None:
+        return None
+
+
+class FamilyParams(StageParams):
+    categories: list[str]
+
+
+@register_stage("test_family_scores")
+class FamilyScores(Stage):
+    """Adds scores and metadata keys to some families only, as family-specific stages do."""
+
+    Params = FamilyParams
+    params: FamilyParams
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        for record in records:
+            if record.category in self.params.categories:
+                record.scores[f"{self.id}/special"] = 0.5 + (record.seed % 7) / 10
+                record.metadata["special_note"] = {"family": record.category, "values": [1, 2, 3]}
+
+
+@register_stage("test_placement_probe")
+class PlacementProbe(Stage):
+    """Records the Ray resources its actor got: GPU ids and its placement group's bundles."""
+
+    uses_model = True
+
+    def __init__(self, stage_id, params, context):
+        super().__init__(stage_id, params, context)
+        import ray
+        from ray.util import get_current_placement_group
+
+        group = get_current_placement_group()
+        self.facts = {"gpu_ids": [str(g) for g in ray.get_gpu_ids()], "pid": os.getpid(),
+                      "bundles": group.bundle_specs if group else None}
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        for record in records:
+            record.metadata["placement"] = self.facts

@@ -34,10 +34,11 @@ def test_card_yaml_carries_the_hub_fields(synth_output):
 
 def test_card_body_explains_generation_and_loading(synth_output):
     _, body = card_yaml(synth_output)
-    for section in ("## How it was generated", "## Statistics per category", "## Samples", "## Loading",
+    for section in ("## How it was generated", "## Cost per stage", "## Statistics per category", "## Samples", "## Loading",
                     "## Reproducing", "## Citation"):
         assert section in body
-    assert "| `rules` | filter |" in body and "| `procedural_scene` | generator |" in body
+    assert "| `rules` | `rules` | filter |" in body and "| `procedural_scene` | `procedural_scene` | generator |" in body
+    assert "## Cost per stage" in body and "GPU-seconds per accepted sample" in body
     assert "import webdataset" in body and 'load_dataset("webdataset"' in body
     assert "fusion synth --config config.yaml" in body and "arXiv:2504.09925" in body
     images = [line for line in body.splitlines() if line.startswith("![")]
@@ -91,28 +92,32 @@ def test_publish_refuses_incomplete_or_invalid_datasets(synth_output, tmp_path):
         plan_upload(out, "someone/demo", private=False)
 
 
-class RecordingHubApi:
-    """Stands in for the network side of HfApi; records what publish asked of it."""
-
-    def __init__(self):
-        self.calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-        return f"https://huggingface.co/datasets/{repo_id}"
-
-    def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
-
-
 def test_publish_creates_a_dataset_repo_and_uploads_the_folder(synth_output):
-    api = RecordingHubApi()
+    from unittest.mock import create_autospec
+
+    from huggingface_hub import HfApi
+
+    # An autospec has HfApi's real signatures: a wrong keyword or a missing argument fails here as it would
+    # against the Hub.
+    api = create_autospec(HfApi, instance=True)
+    api.create_repo.return_value = "https://huggingface.co/datasets/someone/demo"
     url = publish(plan_upload(synth_output, "someone/demo", private=True), api=api)
     assert url == "https://huggingface.co/datasets/someone/demo"
-    (create, repo, create_args), (upload, _, upload_args) = api.calls
-    assert create == "create_repo" and create_args["repo_type"] == "dataset" and create_args["private"] is True
-    assert upload == "upload_folder" and upload_args["folder_path"] == synth_output
-    assert upload_args["repo_type"] == "dataset" and ".lock" in upload_args["ignore_patterns"]
+    api.create_repo.assert_called_once_with("someone/demo", repo_type="dataset", private=True, exist_ok=True)
+    upload = api.upload_folder.call_args.kwargs
+    assert upload["folder_path"] == synth_output and upload["repo_type"] == "dataset"
+    assert {".lock", "work/*", "cache/*"} <= set(upload["ignore_patterns"])
+
+
+def test_publish_turns_hub_failures_into_one_clear_error(synth_output):
+    from unittest.mock import create_autospec
+
+    from huggingface_hub import HfApi
+
+    api = create_autospec(HfApi, instance=True)
+    api.create_repo.side_effect = ConnectionRefusedError(111, "Connection refused")
+    with pytest.raises(PublishError, match="could not reach the Hugging Face Hub to publish someone/demo"):
+        publish(plan_upload(synth_output, "someone/demo", private=False), api=api)
 
 
 @pytest.mark.parametrize(("n", "label"), [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (2_500_000, "1M<n<10M")])

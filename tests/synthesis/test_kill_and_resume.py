@@ -1,5 +1,6 @@
 """A run killed with SIGKILL at any moment and started again equals an uninterrupted run."""
 
+import json
 import os
 import shutil
 import signal
@@ -16,8 +17,10 @@ from tests.synthesis.conftest import SMALL_OVERRIDES, small_config
 from tests.synthesis.test_pipeline import data_files
 
 REPO = Path(__file__).resolve().parents[2]
-# Enough units that a kill lands mid-run: 7 families plus 60 more shards of one family.
-KILL_OVERRIDES = [*SMALL_OVERRIDES, "categories.SynthColor.train=300"]
+# Enough units that a kill lands mid-run: 7 families plus 60 more units of one family; a filter rejecting about
+# a third of the samples makes top-up rounds, which must resume exactly too.
+KILL_OVERRIDES = [*SMALL_OVERRIDES, "categories.SynthColor.train=300", "plugins=[tests.synthesis.plugin_stages]",
+                  "stages=[{name: procedural_scene}, {name: test_reject_every, params: {every: 3}}, {name: rules}]"]
 _CONFIG = small_config(*KILL_OVERRIDES)
 PLANNED_UNITS = len(plan_round(split_targets({c: v.split_sizes() for c, v in _CONFIG.categories.items()}, 2.0), {},
                                _CONFIG.seed, _CONFIG.dataset.unit_size, 0))
@@ -77,6 +80,9 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path):
         kill_processes_using(ray_dir)
         shutil.rmtree(ray_dir, ignore_errors=True)
 
-    assert completed_units(reference) == PLANNED_UNITS
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert manifest["units"]["rounds"] > 1 and not manifest["counts"]["shortfalls"]
+    assert manifest["counts"]["accepted"] == 7 * 16 + 288  # exactly the targets, whatever the filter took
+    assert completed_units(out) == completed_units(reference) == manifest["units"]["planned"] > PLANNED_UNITS
     assert data_files(out) == data_files(reference)
     assert not list(out.rglob("*.tmp-*"))

@@ -14,7 +14,8 @@ from pipeline.config import DatasetConfig
 from pipeline.layout import OutputLayout
 from pipeline.planning import SplitTarget, WorkUnit, derive_seed, plan_round, sample_key, split_targets
 from pipeline.record import KEY_PATTERN, SampleRecord
-from pipeline.shard_writer import plan_shards, select_accepted, shard_schema, write_shard
+from pipeline.shard_writer import plan_shards, select_accepted, write_shard
+from pipeline.tables import shard_schema
 from pipeline.tar_members import end_of_archive, member_bytes
 from pipeline.unit_writer import write_unit
 
