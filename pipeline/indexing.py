@@ -41,7 +41,8 @@ def check_unique_keys(layout: OutputLayout, shards: list[dict[str, Any]]) -> Non
 
 
 def write_index(layout: OutputLayout, config: RunConfig, targets: list[SplitTarget], shards: list[dict[str, Any]],
-                units: dict[str, list[WorkUnit]], failed: dict[str, str], complete: bool) -> dict[str, Any]:
+                units: dict[str, list[WorkUnit]], failed: dict[str, str], complete: bool,
+                removed: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:
     """Write ``sizes.json`` (root and per category) and ``manifest.json``; return the manifest."""
     check_unique_keys(layout, shards)
     listed = [s for s in shards if s["count"]]
@@ -63,7 +64,7 @@ def write_index(layout: OutputLayout, config: RunConfig, targets: list[SplitTarg
         "units": {"planned": planned, "complete": len(unit_stats), "failed": len(failed),
                   "rounds": 1 + max((u.round for v in units.values() for u in v), default=0)},
         "counts": _counts(config, targets, shards, unit_stats),
-        "stages": _stage_table(config, unit_stats, shards),
+        "stages": _stage_table(config, unit_stats, shards, removed or {}),
         "shards": [_shard_entry(s) for s in listed],
         "rejects": [s["rejects"] for s in shards],
         "failed_units": failed,
@@ -96,8 +97,15 @@ def _counts(config: RunConfig, targets: list[SplitTarget], shards: list[dict[str
     return {"accepted": accepted, "rejected": rejected, "categories": categories, "shortfalls": shortfalls}
 
 
-def _stage_table(config: RunConfig, unit_stats: dict[str, dict[str, Any]], shards: list[dict[str, Any]]) -> list[dict]:
-    """Per stage: samples in, accepted out, reasons, time and GPU time per accepted sample, cache use."""
+def _stage_table(config: RunConfig, unit_stats: dict[str, dict[str, Any]], shards: list[dict[str, Any]],
+                 removed: dict[str, tuple[str, str]]) -> list[dict]:
+    """Per stage: samples in, accepted out, reasons, time and GPU time per accepted sample, cache use.
+    Run-wide stages count what they removed after the units as their rejects."""
+    from pipeline.unit_writer import reason_kind
+
+    removals: dict[str, Counter] = {}
+    for stage_id, reason in removed.values():
+        removals.setdefault(stage_id, Counter())[reason_kind(reason)] += 1
     accepted = sum(s["count"] for s in shards)
     rows = []
     kinds = {spec.stage_id: spec for spec in config.stages}
@@ -108,6 +116,8 @@ def _stage_table(config: RunConfig, unit_stats: dict[str, dict[str, Any]], shard
             if stage_id in stats["stages"]:
                 total.add(StageStats.from_dict(stats["stages"][stage_id]))
             reasons.update(stats["reject_reasons"].get(stage_id, {}))
+        reasons.update(removals.get(stage_id, {}))
+        total.rejected += sum(removals.get(stage_id, Counter()).values())
         spec = kinds.get(stage_id)
         rows.append({
             "stage": stage_id,

@@ -61,6 +61,8 @@ class SampleRecord:
     image: np.ndarray | None = field(default=None, repr=False)
     # Best-of-N images awaiting a chooser; never part of the JSON member.
     candidates: list[ImageCandidate] = field(default_factory=list, repr=False)
+    # What run-wide stages (dedup, top-fraction) decide on, by stage id; stored with the unit, not in the JSON.
+    signatures: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not KEY_PATTERN.match(self.key):
@@ -94,13 +96,14 @@ class SampleRecord:
         """The record's state, to undo what a failed stage did to it; images are shared, not copied (stages
         replace them, never edit them in place). Pickling is cheap and only a failure pays for unpickling."""
         state = {name: getattr(self, name) for name in _JSON_FIELDS}
-        return pickle.dumps((state, self.image, list(self.candidates)), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((state, self.image, list(self.candidates), dict(self.signatures)),
+                            protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, snapshot: bytes) -> None:
-        state, image, candidates = pickle.loads(snapshot)
+        state, image, candidates, signatures = pickle.loads(snapshot)
         for name, value in state.items():
             setattr(self, name, value)
-        self.image, self.candidates = image, candidates
+        self.image, self.candidates, self.signatures = image, candidates, signatures
 
     def to_json_dict(self) -> dict[str, Any]:
         """The ``KEY.json`` member: every field but the images, in one schema for the whole dataset.
@@ -137,5 +140,6 @@ def canonical_json_text(data: Any) -> str:
     return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-_JSON_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord) if f.name not in ("image", "candidates"))
+_JSON_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord)
+                     if f.name not in ("image", "candidates", "signatures"))
 _JSON_STRING_FIELDS = ("provenance", "metadata")

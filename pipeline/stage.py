@@ -8,7 +8,7 @@ with its own ``id``, so one kind can run twice (rules on the seed caption, then 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -102,6 +102,31 @@ class Filter(Stage):
     @abstractmethod
     def check(self, record: SampleRecord, scores: dict[str, float]) -> str | None:
         """The reason to reject ``record``, or None to keep it."""
+
+
+class GlobalStage(Stage):
+    """A stage whose decision needs the whole run, e.g. dedup across all units or a top fraction by score.
+
+    On each unit it computes a signature per pending record, stored with the unit. After every round the
+    engine calls ``decide`` once with the signatures of all records accepted so far in the run, in key order;
+    its answer must be a pure function of them, so the result does not depend on the order units finished in
+    and a resumed run decides the same. Removed samples become rejects of this stage; top-up rounds replace
+    them until each split has its target.
+    """
+
+    role: ClassVar[str] = "filter"
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        for record, signature in zip(records, self.signatures(records, unit), strict=True):
+            record.signatures[self.id] = signature
+
+    @abstractmethod
+    def signatures(self, records: list[SampleRecord], unit: UnitContext) -> list[bytes]:
+        """One signature per record (e.g. a hash, a MinHash, an embedding or a score), as bytes."""
+
+    @abstractmethod
+    def decide(self, signatures: Iterable[tuple[str, bytes]]) -> dict[str, str]:
+        """``key -> reason`` for the records to remove, given ``(key, signature)`` in key order."""
 
 
 # Built-in stages, imported when first named; plugins register their own with @register_stage.

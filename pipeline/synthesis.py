@@ -30,6 +30,7 @@ import yaml
 from pipeline.config import ConfigError, RunConfig, data_fields, differing_fields, save_config
 from pipeline.executors import LocalExecutor, RayExecutor
 from pipeline.fileio import atomic_write_text, remove_stale_temp_files
+from pipeline.global_decisions import decide_globally, global_specs
 from pipeline.indexing import read_json, write_index
 from pipeline.layout import OutputLayout
 from pipeline.planning import SplitTally, SplitTarget, WorkUnit, plan_round, split_targets
@@ -74,6 +75,7 @@ class RoundsState:
     units_run: int = 0
     units_skipped: int = 0
     busy_seconds: float = 0.0
+    removed: dict[str, tuple[str, str]] = field(default_factory=dict)  # by run-wide stages: key -> (stage, reason)
 
 
 def synthesize(config: RunConfig, out_dir: Path, address: str | None = None, use_ray: bool = True,
@@ -117,7 +119,7 @@ def synthesize(config: RunConfig, out_dir: Path, address: str | None = None, use
             logger.info("%d shards ready in %.1f s", len(shards), time.perf_counter() - started)
         started = time.perf_counter()
         complete = not state.failed and error is None
-        manifest = write_index(layout, config, targets, shards, state.units, state.failed, complete)
+        manifest = write_index(layout, config, targets, shards, state.units, state.failed, complete, state.removed)
         write_card(layout.root)
         logger.info("manifest and card written in %.1f s", time.perf_counter() - started)
     if error is None and state.failed:
@@ -155,7 +157,11 @@ def _run_rounds(config: RunConfig, layout: OutputLayout, targets: list[SplitTarg
                     _record_outcome(outcome, state, errors)
         state.blocked |= {f"{u.category}/{u.split}" for u in todo if u.unit_id in state.failed}
         active = [t for t in active if t.name not in state.blocked]
-        tallies = {t.name: _tally(layout, state.units[t.name]) for t in active}
+        if global_specs(config):
+            complete = {name: [u for u in units if _unit_complete(layout, u)] for name, units in state.units.items()}
+            state.removed = decide_globally(config, layout, complete)
+        removed_by_split = Counter(_split_of_key(config, key) for key in state.removed)
+        tallies = {t.name: _tally(layout, state.units[t.name], removed_by_split[t.name]) for t in active}
         round_number += 1
 
 
@@ -202,14 +208,22 @@ class ErrorBudget:
                 "fix the cause and rerun with the same --out to continue")
 
 
-def _tally(layout: OutputLayout, units: list[WorkUnit]) -> SplitTally:
-    accepted = sum(read_json(layout.unit_stats(u))["accepted"] for u in units)
+def _tally(layout: OutputLayout, units: list[WorkUnit], removed: int) -> SplitTally:
+    accepted = sum(read_json(layout.unit_stats(u))["accepted"] for u in units) - removed
     return SplitTally(positions=sum(u.num_samples for u in units), accepted=accepted, units=len(units))
+
+
+def _split_of_key(config: RunConfig, key: str) -> str:
+    category, split, _ = key.rsplit("_", 2)
+    return f"{next(c for c in config.categories if c.lower() == category)}/{split}"
 
 
 def _assemble(config: RunConfig, layout: OutputLayout, targets: list[SplitTarget], state: RoundsState,
               use_ray: bool) -> list[dict]:
     """Write the shards of every settled split (on Ray, as parallel tasks); returns the stats of its shards."""
+    if state.failed and global_specs(config):
+        logger.warning("no shard is written while units are missing: run-wide stages decide over the whole run")
+        return []
     all_units = [u for units in state.units.values() for u in units if _unit_complete(layout, u)]
     score_names = sorted({name for u in all_units for name in read_json(layout.unit_stats(u))["score_names"]})
     current, pending = [], []
@@ -217,7 +231,7 @@ def _assemble(config: RunConfig, layout: OutputLayout, targets: list[SplitTarget
         units = state.units.get(target.name, [])
         if not units or not all(_unit_complete(layout, u) for u in units):
             continue
-        selected, _ = select_accepted(layout, target, units)
+        selected, _ = select_accepted(layout, target, units, state.removed)
         for plan in plan_shards(target, selected, config.dataset.shard_size):
             if shard_is_current(layout, plan):
                 current.append(read_json(layout.shard_stats(plan.category, plan.split, plan.index)))
@@ -227,7 +241,7 @@ def _assemble(config: RunConfig, layout: OutputLayout, targets: list[SplitTarget
             logger.warning("%s: %d of %d samples accepted after %d attempts (max_attempts_factor %g)",
                            target.name, len(selected), target.target, sum(u.num_samples for u in units),
                            config.dataset.max_attempts_factor)
-    args = [(layout, plan, units, score_names, config.dataset.image_format) for plan, units in pending]
+    args = [(layout, plan, units, score_names, config.dataset.image_format, state.removed) for plan, units in pending]
     if use_ray and len(pending) > 1:
         import ray
 

@@ -28,6 +28,7 @@ from pipeline.tables import record_row, shard_schema
 from pipeline.tar_members import end_of_archive, member_bytes
 
 WRITER_STAGE = "writer"
+SIGNATURE_PREFIX = "signature/"
 # Besides the record columns and the unit's score columns (see pipeline.tables):
 UNIT_INDEX_COLUMNS = [
     ("position", pa.int64()),
@@ -77,7 +78,8 @@ def write_unit(layout: OutputLayout, unit: WorkUnit, records: list[SampleRecord]
     for position, record in zip(unit.positions, records, strict=True):
         json_dict = record.to_json_dict()
         row = {**record_row(json_dict), "position": position, "record_json": canonical_json_text(json_dict),
-               "tar_offset": None, "tar_size": None, "image": None}
+               "tar_offset": None, "tar_size": None, "image": None,
+               **{f"{SIGNATURE_PREFIX}{stage_id}": value for stage_id, value in record.signatures.items()}}
         if record.is_rejected:
             if dataset.keep_reject_images and record.image is not None:
                 row["image"] = _encode_quietly(record, dataset)
@@ -91,7 +93,9 @@ def write_unit(layout: OutputLayout, unit: WorkUnit, records: list[SampleRecord]
     tar += end_of_archive(len(tar))
     atomic_write_bytes(layout.unit_tar(unit), bytes(tar))
     score_names = sorted({name for r in records for name in r.scores})
-    schema = pa.schema([*shard_schema(score_names), *UNIT_INDEX_COLUMNS])
+    signature_ids = sorted({stage_id for r in records for stage_id in r.signatures})
+    schema = pa.schema([*shard_schema(score_names), *UNIT_INDEX_COLUMNS,
+                        *[(f"{SIGNATURE_PREFIX}{s}", pa.binary()) for s in signature_ids]])
     with atomic_path(layout.unit_index(unit)) as temp:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), temp)
 

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.record import SampleRecord
-from pipeline.stage import Filter, Stage, StageParams, UnitContext, register_stage
+from pipeline.stage import Filter, GlobalStage, Stage, StageParams, UnitContext, register_stage
 
 _instances = itertools.count()
 
@@ -224,3 +224,33 @@ class PlacementProbe(Stage):
     def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
         for record in records:
             record.metadata["placement"] = self.facts
+
+
+class DedupParams(StageParams):
+    last_words: int = Field(0, ge=0, description="Compare only the caption's last words (0: all of it)")
+
+
+def caption_signature(caption: str, last_words: int) -> str:
+    words = caption.lower().rstrip(".").split()
+    return " ".join(words[-last_words:] if last_words else words)
+
+
+@register_stage("test_caption_dedup")
+class CaptionDedup(GlobalStage):
+    """Run-wide exact dedup of captions (or of their last words): the smallest key of each group is kept."""
+
+    Params = DedupParams
+    params: DedupParams
+
+    def signatures(self, records: list[SampleRecord], unit: UnitContext) -> list[bytes]:
+        return [caption_signature(r.caption, self.params.last_words).encode() for r in records]
+
+    def decide(self, signatures):
+        first: dict[bytes, str] = {}
+        removed = {}
+        for key, signature in signatures:
+            if signature in first:
+                removed[key] = f"duplicate_caption: same as {first[signature]}"
+            else:
+                first[signature] = key
+        return removed

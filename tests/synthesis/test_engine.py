@@ -200,3 +200,36 @@ def test_resuming_with_other_versions_is_refused_unless_allowed(synth_output, tm
         synthesize(small_config(), out, use_ray=False)
     result = synthesize(small_config(), out, use_ray=False, allow_version_change=True)
     assert result.units_run == 0
+
+
+def test_run_wide_dedup_keeps_the_smallest_key_whatever_the_order_and_tops_up(local_ray, tmp_path):
+    def config(unit_size: int):
+        return small_config(PLUGINS, "categories={SynthColor: {train: 30}, SynthCount: {train: 20}}",
+                            f"dataset.unit_size={unit_size}", "dataset.max_attempts_factor=4",
+                            stages("{name: test_caption_dedup, id: dedup, params: {last_words: 2}}", "{name: rules}"))
+
+    from tests.synthesis.plugin_stages import caption_signature
+
+    result = synthesize(config(5), tmp_path / "a")
+    records = shard_records(tmp_path / "a")
+    captions = [caption_signature(r.caption, 2) for r in records]
+    assert len(captions) == len(set(captions)) == 50  # no duplicate left, and the targets met by top-up
+    assert result.manifest["units"]["rounds"] > 1
+    rejects = [r for r in all_rejects(tmp_path / "a") if r["reject_stage"] == "dedup"]
+    assert rejects
+    removed = {r["key"] for r in rejects}
+    kept = {r.key: caption_signature(r.caption, 2) for r in records}
+    surplus = {r["key"]: caption_signature(json.loads(r["record_json"])["caption"], 2)
+               for r in all_rejects(tmp_path / "a") if r["reject_stage"] == "select"}
+    for row in rejects:
+        kept_key = row["reject_reason"].rsplit(" ", 1)[1]
+        assert kept_key < row["key"] and kept_key not in removed  # the smallest key of the group is kept
+        signature = caption_signature(json.loads(row["record_json"])["caption"], 2)
+        assert {**kept, **surplus}[kept_key] == signature
+    dedup = next(s for s in result.manifest["stages"] if s["stage"] == "dedup")
+    assert dedup["rejected"] == len(rejects) and set(dedup["reasons"]) == {"duplicate_caption"}
+
+    # Other unit sizes finish in another order and plan other units; the samples follow their positions,
+    # so the decision and the data are the same.
+    synthesize(config(7), tmp_path / "b", use_ray=False)
+    assert data_files(tmp_path / "a") == data_files(tmp_path / "b")
