@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.model_backend import MODEL_BACKENDS, ModelBackend
 from pipeline.stage import STAGES, Stage, StageParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +125,55 @@ class StageResources(Strict):
         return size, size
 
 
+class ModelResources(Strict):
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; fractions share a GPU")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica, as a placement group on one node")
+    accelerator_type: str | None = None
+    replicas: int = Field(1, ge=1, description="Copies of the model; stages' calls are spread over them")
+    max_concurrency: int = Field(64, ge=1, description="Calls one replica accepts at once (batched together)")
+    runtime_env: dict[str, Any] | None = None
+
+    @property
+    def gpus_reserved(self) -> float:
+        return float(self.tensor_parallel_size) if self.tensor_parallel_size > 1 else self.num_gpus
+
+
+class ModelSpec(Strict):
+    """A model that stages share: loaded once per replica, its calls batched across stages and units."""
+
+    backend: str = Field(description="The backend kind, as registered (e.g. transformers_llm, vllm, diffusers)")
+    params: dict[str, Any] = Field(default_factory=dict)
+    resources: ModelResources = Field(default_factory=ModelResources)
+    batch_size: int = Field(16, ge=1, description="Items per backend call on a replica, gathered from all callers")
+    batch_wait_ms: float = Field(5.0, ge=0, description="How long a replica waits for more calls to fill a batch")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        if backend not in MODEL_BACKENDS:
+            raise ValueError(f"unknown model backend {backend!r}; known: {', '.join(MODEL_BACKENDS.names()) or 'none'}")
+        return backend
+
+    @model_validator(mode="after")
+    def _valid_params(self) -> ModelSpec:
+        self.typed_params()
+        return self
+
+    def backend_class(self) -> type[ModelBackend]:
+        return MODEL_BACKENDS.get(self.backend)
+
+    def typed_params(self) -> StageParams:
+        try:
+            return self.backend_class().Params.model_validate(self.params)
+        except ValidationError as error:
+            details = "; ".join(f"params.{_dotted(e['loc'])}: {e['msg']}" for e in error.errors())
+            raise ValueError(f"backend {self.backend!r}: {details}") from None
+
+    def identity(self) -> dict[str, Any]:
+        return self.backend_class().identity(self.typed_params())
+
+
 class StageSpec(Strict):
     name: str = Field(description="The stage kind, as registered")
     id: str | None = Field(None, description="This instance's name in scores, rejects and the card; default: name")
@@ -174,6 +224,8 @@ class RunConfig(Strict):
     plugins: list[str] = Field(default_factory=list)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     categories: dict[str, CategoryConfig]
+    # Models that stages share, by name; a stage names one in its params (e.g. `model: llm`).
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
     stages: list[StageSpec] = Field(min_length=1)
     faults: FaultConfig = Field(default_factory=FaultConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -202,6 +254,27 @@ class RunConfig(Strict):
             by_key[name.lower()] = name
         return categories
 
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        for name in models:
+            if not STAGE_ID_PATTERN.match(name):
+                raise ValueError(f"model name {name!r} must match {STAGE_ID_PATTERN.pattern}")
+        return models
+
+    @model_validator(mode="after")
+    def _models_exist(self) -> RunConfig:
+        for index, spec in enumerate(self.stages):
+            for name in spec.stage_class().models_used(spec.typed_params()):
+                if name not in self.models:
+                    known = ", ".join(self.models) or "none are configured under `models:`"
+                    raise ValueError(f"stages.{index} ({spec.stage_id!r}) names model {name!r}; known: {known}")
+        return self
+
+    def models_in_use(self) -> list[str]:
+        used = {n for spec in self.stages for n in spec.stage_class().models_used(spec.typed_params())}
+        return [name for name in self.models if name in used]
+
     @model_validator(mode="after")
     def _unique_stage_ids(self) -> RunConfig:
         seen: dict[str, int] = {}
@@ -218,12 +291,15 @@ class RunConfig(Strict):
 
 def data_fields(dumped: dict[str, Any]) -> dict[str, Any]:
     """The fields of a dumped config that decide the dataset's content: Ray placement, fault handling,
-    stage resources, card text and training do not."""
+    stage and model resources, batching, card text and training do not."""
     data = copy.deepcopy({k: v for k, v in dumped.items() if k not in ("ray", "train", "faults")})
     for name in CARD_ONLY_FIELDS:
         data.get("dataset", {}).pop(name, None)
     for stage in data.get("stages", []):
         stage.pop("resources", None)
+    for model in data.get("models", {}).values():
+        for placement in ("resources", "batch_size", "batch_wait_ms"):
+            model.pop(placement, None)
     return data
 
 

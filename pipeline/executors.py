@@ -108,7 +108,7 @@ class RayExecutor:
                 envs = [s.resources.runtime_env for s in segment.specs if s.resources.runtime_env]
                 dataset = dataset.map_batches(
                     _run_segment_task, fn_kwargs=worker_args, **common,
-                    num_cpus=max(s.resources.num_cpus for s in segment.specs),
+                    num_cpus=segment.num_cpus,
                     compute=ray.data.TaskPoolStrategy(size=min(caps)) if caps else None,
                     max_retries=retries, **({"runtime_env": _merge(envs)} if envs else {}))
         dataset = dataset.map_batches(

@@ -54,6 +54,16 @@ def describe_plan(config: RunConfig) -> str:
         lines.append(f"  {spec.stage_id:<22}{spec.name:<20}{spec.stage_class().role:<11}"
                      f"{'actor pool (model)' if model else 'Ray tasks':<22}{', '.join(reserves):<34}{pool}")
     lines.append(f"  {WRITER_STAGE:<22}{'':<20}{'writer':<11}{'Ray tasks':<22}{'1 CPU':<34}one task per free CPU slot")
+    if config.models:
+        lines += ["", f"  {'shared model':<22}{'backend':<20}{'used by':<33}{'each replica reserves':<34}replicas"]
+        for name, spec in config.models.items():
+            users = [s.stage_id for s in config.stages if name in s.stage_class().models_used(s.typed_params())]
+            r = spec.resources
+            reserves = f"{r.num_cpus:g} CPU" + (f", {r.gpus_reserved:g} GPU" if r.gpus_reserved else "") + (
+                f" (tensor parallel {r.tensor_parallel_size})" if r.tensor_parallel_size > 1 else "") + (
+                f", {r.accelerator_type}" if r.accelerator_type else "")
+            lines.append(f"  {name:<22}{spec.backend:<20}{', '.join(users) or 'no stage':<33}{reserves:<34}"
+                         f"{r.replicas}, batches of up to {spec.batch_size}")
     return "\n".join(lines)
 
 
@@ -107,14 +117,22 @@ def projection(manifest: dict[str, Any], config: RunConfig, target: int, cpu_slo
         inputs = generated * stage["input"] / attempted if attempted else 0.0
         busy_hours = inputs * seconds_per_input / 3600
         model = bool(spec and spec.stage_class().uses_model)
+        shared = spec.stage_class().models_used(spec.typed_params()) if spec else []
+        per_input = (lambda key: stage.get(key, 0.0) / stage["input"] if stage["input"] else 0.0)  # noqa: E731
         rows.append({
             "stage": stage["stage"], "inputs": inputs, "seconds_per_input": seconds_per_input, "busy_hours": busy_hours,
-            "gpu_hours": busy_hours * (spec.resources.gpus_reserved if spec else 0.0), "model": model,
+            "gpu_hours": inputs * per_input("gpu_seconds") / 3600, "model": model, "shared_models": shared,
+            "model_hours": inputs * per_input("model_seconds") / 3600,
             "workers": spec.resources.pool_bounds()[1] if model else cpu_slots,
             "measured_inputs": stage["input"],
         })
-    cpu_hours = sum(r["busy_hours"] for r in rows if not r["model"])
+    # CPU stages and the writer share the CPU slots; a stage with its own model has its pool; a shared model's
+    # replicas serve all the stages that call it (those stages' own time is mostly waiting on it).
+    cpu_hours = sum(r["busy_hours"] for r in rows if not r["model"] and not r["shared_models"])
     limits = [cpu_hours / cpu_slots] + [r["busy_hours"] / r["workers"] for r in rows if r["model"]]
+    for name, model_spec in config.models.items():
+        hours = sum(r["model_hours"] for r in rows if name in r["shared_models"])
+        limits.append(hours / model_spec.resources.replicas)
     return {"rows": rows, "generated": generated, "acceptance": accepted / attempted if attempted else 0.0,
             "measured_accepted": accepted, "busy_hours": sum(r["busy_hours"] for r in rows),
             "gpu_hours": sum(r["gpu_hours"] for r in rows), "wall_hours": max(limits), "cpu_slots": cpu_slots}

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import StageResources, StageSpec
+from pipeline.config import ModelResources, ModelSpec, StageResources, StageSpec
 
 WRITER_CPUS = 1.0
 
@@ -47,23 +47,27 @@ class ClusterResources:
         return text + (f" (accelerator types: {', '.join(accelerators)})" if accelerators else "")
 
 
-def actor_resources(resources: StageResources) -> dict[str, float]:
+def actor_resources(resources: StageResources | ModelResources) -> dict[str, float]:
     need = {"CPU": resources.num_cpus, "GPU": resources.gpus_reserved}
     if resources.accelerator_type:
         need[f"accelerator_type:{resources.accelerator_type}"] = 0.001
     return need
 
 
-def pool_needs(specs: list[StageSpec]) -> list[PoolNeed]:
-    return [PoolNeed(spec.stage_id, spec.resources.pool_bounds()[0], actor_resources(spec.resources),
-                     spec.resources.tensor_parallel_size)
-            for spec in specs if spec.stage_class().uses_model]
+def pool_needs(specs: list[StageSpec], models: dict[str, ModelSpec] | None = None) -> list[PoolNeed]:
+    needs = [PoolNeed(f"stage {spec.stage_id!r}", spec.resources.pool_bounds()[0], actor_resources(spec.resources),
+                      spec.resources.tensor_parallel_size)
+             for spec in specs if spec.stage_class().uses_model]
+    needs += [PoolNeed(f"model {name!r}", spec.resources.replicas, actor_resources(spec.resources),
+                       spec.resources.tensor_parallel_size) for name, spec in (models or {}).items()]
+    return needs
 
 
-def preflight_problems(specs: list[StageSpec], cluster: ClusterResources) -> list[str]:
-    """Every reason the stages' pools cannot all start on this cluster; empty when they can."""
+def preflight_problems(specs: list[StageSpec], cluster: ClusterResources,
+                       models: dict[str, ModelSpec] | None = None) -> list[str]:
+    """Every reason the stages' pools and the shared models' replicas cannot all start on this cluster."""
     problems = []
-    needs = pool_needs(specs)
+    needs = pool_needs(specs, models)
     task_cpus = max([s.resources.num_cpus for s in specs if not s.stage_class().uses_model] + [WRITER_CPUS])
     for need in needs:
         asked = ", ".join(f"{k}={v:g}" for k, v in need.per_actor.items() if v)
@@ -71,7 +75,7 @@ def preflight_problems(specs: list[StageSpec], cluster: ClusterResources) -> lis
             if amount and need.total(resource) > cluster.totals.get(resource, 0.0) + 1e-9:
                 what = resource.removeprefix("accelerator_type:") if resource.startswith("accelerator_type:") else resource
                 problems.append(
-                    f"stage {need.stage_id!r} asks for {need.actors} actor(s) with {asked}"
+                    f"{need.stage_id} asks for {need.actors} {'actor(s)' if need.stage_id.startswith('stage') else 'replica(s)'} with {asked}"
                     + (f" (tensor_parallel_size={need.tensor_parallel_size})" if need.tensor_parallel_size > 1 else "")
                     + f": {what} {need.total(resource):g} needed, the cluster has {cluster.describe()}"
                 )
@@ -79,12 +83,13 @@ def preflight_problems(specs: list[StageSpec], cluster: ClusterResources) -> lis
         else:
             if need.tensor_parallel_size > 1 and cluster.nodes and max(
                     n.get("GPU", 0) for n in cluster.nodes) < need.tensor_parallel_size:
-                problems.append(f"stage {need.stage_id!r} needs {need.tensor_parallel_size} GPUs on one node "
+                problems.append(f"{need.stage_id} needs {need.tensor_parallel_size} GPUs on one node "
                                 f"(tensor_parallel_size); no node has that many ({cluster.describe()})")
     for resource in ("CPU", "GPU"):
         total = sum(n.total(resource) for n in needs) + (task_cpus if resource == "CPU" else 0)
         if total > cluster.totals.get(resource, 0.0) + 1e-9 and not any(resource in p for p in problems):
-            pools = ", ".join(f"{n.stage_id}: {n.total(resource):g}" for n in needs if n.total(resource))
+            pools = ", ".join(f"{n.stage_id.split(' ', 1)[1].strip(chr(39))}: {n.total(resource):g}" for n in needs
+                              if n.total(resource))
             problems.append(f"the stages' pools run at once and need {total:g} {resource} together ({pools}"
                             f"{', plus ' + format(task_cpus, 'g') + ' for CPU tasks' if resource == 'CPU' else ''}); "
                             f"the cluster has {cluster.describe()}")

@@ -30,18 +30,27 @@ class StageParams(BaseModel):
 
 @dataclass(frozen=True)
 class RunContext:
-    """Run-wide facts a stage may need; ``provenance`` is merged into every record the run creates."""
+    """Run-wide facts a stage may need; ``provenance`` is merged into every record the run creates.
+
+    ``models`` holds each shared model's identity; ``model_services`` says where they are served (Ray actor
+    handles, or None to load them in the process that calls them).
+    """
 
     run_seed: int
     provenance: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_specs: dict[str, Any] = field(default_factory=dict)
+    model_services: dict[str, list[Any]] | None = None
 
 
 @dataclass
 class UnitContext:
-    """What a stage gets with one unit's records: the unit, and its cache of model calls."""
+    """What a stage gets with one unit's records: the unit, its cache of model calls, and its shared models
+    (``unit.models["llm"].call("chat", requests)``)."""
 
     unit: WorkUnit
     cache: CallCache
+    models: Any = None
 
 
 class Stage(ABC):
@@ -71,13 +80,26 @@ class Stage(ABC):
         retries a failed batch sample by sample to find the bad one.
         """
 
+    @classmethod
+    def models_used(cls, params: StageParams) -> list[str]:
+        """Names of the shared models (``models:`` of the config) this stage calls: its ``model`` param."""
+        model = getattr(params, "model", None)
+        return [model] if isinstance(model, str) and model else []
+
     def fingerprint(self) -> dict[str, Any]:
         """What decides this stage's outputs besides its inputs: the cache key of its model calls."""
-        return {"kind": self.kind, "version": self.version, "params": self.params.model_dump(mode="json")}
+        models = {name: self.context.models.get(name) for name in self.models_used(self.params)}
+        return {"kind": self.kind, "version": self.version, "params": self.params.model_dump(mode="json"),
+                "models": models}
 
     def provenance(self) -> dict[str, Any]:
-        """Stored in each record under ``provenance["stages"][id]``; model stages add model ids and revisions."""
-        return {"kind": self.kind, "version": self.version}
+        """Stored in each record under ``provenance["stages"][id]``: the stage's kind and code version, and
+        the identity (backend, model, revision) of every model it calls."""
+        facts: dict[str, Any] = {"kind": self.kind, "version": self.version}
+        for name in self.models_used(self.params):
+            identity = self.context.models.get(name, {})
+            facts.update({f"{name}_{k}": v for k, v in identity.items()})
+        return facts
 
 
 class Filter(Stage):

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from pipeline.cache import CallCache
 from pipeline.config import StageSpec, import_plugins
 from pipeline.layout import OutputLayout
+from pipeline.model_services import ModelAccess, ModelUsage
 from pipeline.planning import WorkUnit
 from pipeline.record import SampleRecord
 from pipeline.stage import RunContext, Stage, UnitContext
@@ -28,7 +29,8 @@ class StageStats:
     rejected: int = 0  # of those, rejected by it (errors included)
     errors: int = 0  # rejected because it raised on them
     busy_seconds: float = 0.0
-    gpu_seconds: float = 0.0  # busy seconds x GPUs its worker reserves
+    gpu_seconds: float = 0.0  # busy seconds x GPUs its worker reserves, plus its share of shared models' GPU time
+    model_seconds: float = 0.0  # time shared models spent on its calls
     cache_hits: int = 0
     cache_misses: int = 0
 
@@ -91,7 +93,9 @@ class StageRunner:
     def _run_stage(self, spec: StageSpec, stage: Stage, unit: WorkUnit, records: list[SampleRecord]) -> StageStats:
         cache_path = self.layout.cache_file(spec.stage_id, unit) if self.layout else None
         cache = CallCache(cache_path, stage.fingerprint(), enabled=self.use_cache)
-        context = UnitContext(unit=unit, cache=cache)
+        usage = ModelUsage()
+        models = ModelAccess(stage.context, stage.models_used(stage.params), usage, unit.unit_id)
+        context = UnitContext(unit=unit, cache=cache, models=models)
         provenance = stage.provenance()
         stats = StageStats()
         start = time.perf_counter()
@@ -112,7 +116,8 @@ class StageRunner:
             self.reporter.advanced(spec.stage_id, len(batch), rejected)
         cache.save()
         stats.busy_seconds = time.perf_counter() - start
-        stats.gpu_seconds = stats.busy_seconds * spec.resources.gpus_reserved
+        stats.gpu_seconds = stats.busy_seconds * spec.resources.gpus_reserved + usage.gpu_seconds
+        stats.model_seconds = usage.seconds
         stats.cache_hits, stats.cache_misses = cache.hits, cache.misses
         return stats
 

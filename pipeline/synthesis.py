@@ -14,6 +14,7 @@ Rerunning into the same folder resumes: complete units are skipped and the same 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -33,6 +34,7 @@ from pipeline.fileio import atomic_write_text, remove_stale_temp_files
 from pipeline.global_decisions import decide_globally, global_specs
 from pipeline.indexing import read_json, write_index
 from pipeline.layout import OutputLayout
+from pipeline.model_services import start_model_services
 from pipeline.planning import SplitTally, SplitTarget, WorkUnit, plan_round, split_targets
 from pipeline.progress import ProgressDisplay
 from pipeline.provenance import package_versions, record_provenance
@@ -97,14 +99,17 @@ def synthesize(config: RunConfig, out_dir: Path, address: str | None = None, use
 
         targets = split_targets({c: v.split_sizes() for c, v in config.categories.items()},
                                 config.dataset.max_attempts_factor)
-        context = RunContext(run_seed=config.seed, provenance=record_provenance())
+        context = run_context(config)
         state = RoundsState()
         error: RunFailed | None = None
         with (ray_session(config.ray, address) if use_ray else contextlib.nullcontext()):
+            services = None
+            if use_ray:
+                _preflight(config)
+                services = start_model_services(config)
+                context = dataclasses.replace(context, model_services=services.handles)
             executor = (RayExecutor if use_ray else LocalExecutor)(config, layout.root, context, use_cache)
             try:
-                if use_ray:
-                    _preflight(config)
                 started = time.perf_counter()
                 _run_rounds(config, layout, targets, executor, state)
                 logger.info("work units finished in %.1f s (%d run, %d already complete)",
@@ -113,6 +118,8 @@ def synthesize(config: RunConfig, out_dir: Path, address: str | None = None, use
                 error = failure
             finally:
                 executor.close()
+                if services is not None:
+                    services.stop()
             _write_failed_units(layout, state.failed)
             started = time.perf_counter()
             shards = _assemble(config, layout, [t for t in targets if t.name not in state.blocked], state, use_ray)
@@ -267,8 +274,15 @@ def _failure_summary(failed: dict[str, str], layout: OutputLayout) -> str:
             "every other unit is finished. Fix the cause and rerun with the same --out to retry just those units")
 
 
+def run_context(config: RunConfig) -> RunContext:
+    return RunContext(run_seed=config.seed, provenance=record_provenance(),
+                      models={name: config.models[name].identity() for name in config.models_in_use()},
+                      model_specs={name: config.models[name].model_dump(mode="json") for name in config.models_in_use()})
+
+
 def _preflight(config: RunConfig) -> None:
-    problems = preflight_problems(config.stages, ClusterResources.from_ray())
+    problems = preflight_problems(config.stages, ClusterResources.from_ray(),
+                                  {name: config.models[name] for name in config.models_in_use()})
     if problems:
         raise ResourcesUnavailable("the cluster cannot run this config:\n  " + "\n  ".join(problems))
 
@@ -302,7 +316,8 @@ def _check_same_dataset(layout: OutputLayout, config: RunConfig) -> None:
 def run_versions(config: RunConfig) -> dict[str, Any]:
     """What could make the same config give other data: package versions and each stage's code version."""
     return {"packages": package_versions(),
-            "stages": {s.stage_id: f"{s.name} {s.stage_class().version}" for s in config.stages}}
+            "stages": {s.stage_id: f"{s.name} {s.stage_class().version}" for s in config.stages},
+            "models": {name: config.models[name].identity() for name in config.models_in_use()}}
 
 
 def _check_versions(layout: OutputLayout, config: RunConfig, allow_change: bool) -> None:

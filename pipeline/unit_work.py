@@ -24,29 +24,47 @@ from pipeline.stage_runner import ProgressReporter, StageRunner, StageStats, bui
 from pipeline.unit_writer import WRITER_STAGE, write_unit
 
 
+# CPUs a task reserves while it mostly waits on shared models, unless its stages say otherwise: small, so
+# enough units are in flight at once for the models' replicas to batch their calls together.
+MODEL_CLIENT_CPUS = 0.25
+
+
 @dataclass(frozen=True)
 class Segment:
     specs: tuple[StageSpec, ...]
-    uses_model: bool
+    kind: str  # "cpu": tasks; "model": an actor pool holding the stage's own model; "client": tasks calling shared models
+
+    @property
+    def uses_model(self) -> bool:
+        return self.kind == "model"
+
+    @property
+    def num_cpus(self) -> float:
+        if self.kind == "client":
+            explicit = [s.resources.num_cpus for s in self.specs if "num_cpus" in s.resources.model_fields_set]
+            return max(explicit) if explicit else MODEL_CLIENT_CPUS
+        return max(spec.resources.num_cpus for spec in self.specs)
 
     @property
     def label(self) -> str:
         return "+".join(spec.stage_id for spec in self.specs)
 
 
+def segment_kind(spec: StageSpec) -> str:
+    if spec.stage_class().uses_model:
+        return "model"
+    return "client" if spec.stage_class().models_used(spec.typed_params()) else "cpu"
+
+
 def plan_segments(stages: list[StageSpec]) -> list[Segment]:
+    """Consecutive stages of the same kind share a segment; a stage holding its own model is one alone."""
     segments: list[Segment] = []
-    run: list[StageSpec] = []
     for spec in stages:
-        if spec.stage_class().uses_model:
-            if run:
-                segments.append(Segment(tuple(run), uses_model=False))
-                run = []
-            segments.append(Segment((spec,), uses_model=True))
+        kind = segment_kind(spec)
+        if segments and segments[-1].kind == kind != "model":
+            segments[-1] = Segment((*segments[-1].specs, spec), kind)
         else:
-            run.append(spec)
-    if run:
-        segments.append(Segment(tuple(run), uses_model=False))
+            segments.append(Segment((spec,), kind))
     return segments
 
 

@@ -254,3 +254,52 @@ class CaptionDedup(GlobalStage):
             else:
                 first[signature] = key
         return removed
+
+
+# --- a shared model and the stages that call it ---------------------------------------------------------------
+
+from pipeline.model_backend import ModelBackend, register_backend  # noqa: E402
+
+
+class CounterParams(StageParams):
+    marker_dir: str
+    fail: bool = False
+    seconds_per_batch: float = Field(0.05, ge=0)
+
+
+@register_backend("test_counter")
+class CounterBackend(ModelBackend):
+    """Counts its loads and the batch sizes it serves (as files), and tags items deterministically."""
+
+    Params = CounterParams
+    params: CounterParams
+
+    def __init__(self, params):
+        super().__init__(params)
+        if params.fail:
+            raise FileNotFoundError("no weights at /models/missing")
+        self.folder = Path(params.marker_dir)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"load.{os.getpid()}.{os.urandom(3).hex()}").touch()
+
+    def tag(self, items: list[str]) -> list[str]:
+        time.sleep(self.params.seconds_per_batch)
+        (self.folder / f"batch.{len(items)}.{os.urandom(4).hex()}").touch()
+        return [f"{item}!" for item in items]
+
+
+class TaggerParams(StageParams):
+    model: str
+
+
+@register_stage("test_model_tagger")
+class ModelTagger(Stage):
+    """Calls a shared model on every record's caption."""
+
+    Params = TaggerParams
+    params: TaggerParams
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        tags = unit.models[self.params.model].call("tag", [r.caption for r in records])
+        for record, tag in zip(records, tags, strict=True):
+            record.metadata[self.id] = tag
