@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--dry-run", action="store_true", help="validate the card and list the uploads, offline")
     publish.set_defaults(handler=cmd_publish)
 
+    tiny = commands.add_parser("make-tiny-models", help="write tiny random LLM, diffusion and CLIP model folders")
+    tiny.add_argument("dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=cmd_make_tiny_models)
+
     cache = commands.add_parser("cache", help="the model-call cache of an output folder")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
     clear = cache_commands.add_parser("clear", help="delete cached model calls (all stages, or one)")
@@ -124,6 +129,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print("dry run: card is valid; nothing uploaded")
         return 0
     print(f"published: {publish(plan)}")
+    return 0
+
+
+def cmd_make_tiny_models(args: argparse.Namespace) -> int:
+    from generators.tiny_models import build_tiny_models
+
+    for name, path in build_tiny_models(args.dir, args.seed).items():
+        print(f"{name}: {path}")
     return 0
 
 
