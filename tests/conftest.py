@@ -1,6 +1,8 @@
 """Test-wide settings: everything offline, Ray kept on loopback with auth off, fixtures built once per session."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -46,3 +48,30 @@ def tiny_model(tiny_fusion_config):
 
     torch.manual_seed(0)
     return FusionModel.from_config(tiny_fusion_config)
+
+
+# --- synthesis fixtures: one embedded Ray and the tiny synthesis models, once per session -------------------------
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """An embedded Ray on loopback shared by the tests; synthesize() reuses an initialised Ray.
+
+    It declares two GPUs this machine does not have: Ray schedules by declared resources, so GPU pools and
+    tensor-parallel placement groups are exercised for real; no stage here touches CUDA."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must stay under 108 bytes
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_synthesis_models(tmp_path_factory):
+    """name -> folder of the tiny LLM, diffusion pipeline and open_clip model (`fusion make-tiny-models`)."""
+    from generators.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_synthesis_models"))

@@ -156,6 +156,8 @@ class SleepStage(Stage):
 
     def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
         time.sleep(self.params.seconds_per_sample * len(records))
+        for record in records:
+            record.metadata[f"{self.id}_pid"] = os.getpid()
 
 
 class RejectParams(StageParams):

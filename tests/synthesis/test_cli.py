@@ -96,3 +96,20 @@ def test_a_gpu_stage_on_a_cpu_only_ray_fails_at_once_naming_the_stage(tmp_path):
     assert "stage 'describe' asks for 2 actor(s) with CPU=1, GPU=1: GPU 2 needed, the cluster has 2 CPUs and 0 GPUs" \
         in result.stderr, line
     assert not list((tmp_path / "gpu").glob("work/*/*_stats.json"))  # failed before any work
+
+
+def test_make_tiny_models_writes_folders_that_load_like_real_ones(tmp_path):
+    result = fusion("make-tiny-models", str(tmp_path / "models"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    import open_clip
+    from diffusers import AutoPipelineForText2Image
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "models/llm")
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "models/llm").config.num_hidden_layers == 2
+    pipeline = AutoPipelineForText2Image.from_pretrained(tmp_path / "models/diffusion")
+    assert type(pipeline).__name__ == "StableDiffusionPipeline"
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'models/clip'}")
+    assert model.visual.image_size == (32, 32)
