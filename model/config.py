@@ -72,8 +72,10 @@ class TuneConfig:
 
     # Number of leading ViT blocks where vision queries may not attend to text keys; None means half the kept blocks.
     early_layers: int | None = None
-    # Cap on question tokens fed to the ViT (the released code had none).
+    # Cap on each question's tokens fed to the ViT, keeping the question's start (the released code had none).
     vit_text_max_tokens: int = 128
+    # Cap on the joined ViT text of all turns: the oldest whole turns are dropped first (None: no total cap).
+    vit_text_max_total_tokens: int | None = None
     # One policy for training and inference: every human turn joined, or only the last human turn.
     vit_text_policy: Literal["all_questions", "last_question"] = "all_questions"
     vit_text_separator: str = "\n"
@@ -146,6 +148,9 @@ class FusionConfig:
             raise ConfigError("dsm_weight > 0 needs use_tune: the text term rebuilds the question from the ViT")
         if self.tune.vit_text_max_tokens < 0:
             raise ConfigError(f"tune.vit_text_max_tokens must be >= 0, got {self.tune.vit_text_max_tokens}")
+        total = self.tune.vit_text_max_total_tokens
+        if total is not None and total < 1:
+            raise ConfigError(f"tune.vit_text_max_total_tokens must be >= 1 or None, got {total}")
         if self.inference_image_grid is not None and self.inference_image_grid < 1:
             raise ConfigError(f"inference_image_grid must be >= 1 or None, got {self.inference_image_grid}")
         if self.vision_tower.drop_last_layers < 0:
