@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_synthesis_arguments(synth)
     synth.set_defaults(handler=cmd_synth)
 
-    run = commands.add_parser("run", help="the end-to-end job: synthesize and describe the dataset")
+    run = commands.add_parser("run", help="the end-to-end job: synthesize, train, evaluate and report")
     add_synthesis_arguments(run)
     run.set_defaults(handler=cmd_run)
 
@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--private", action="store_true")
     publish.add_argument("--dry-run", action="store_true", help="validate the card and list the uploads, offline")
     publish.set_defaults(handler=cmd_publish)
+
+    from jobs.train_commands import add_train_commands
+
+    add_train_commands(commands)
     return parser
 
 
@@ -60,7 +64,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return cmd_synth(args)
+    """Synthesize into OUT/dataset, then train, evaluate and report (jobs/train_commands.py)."""
+    import time
+
+    from jobs.train_commands import train_after_synthesis
+    from pipeline.runner import synthesize
+
+    config = load_config(args.config, args.overrides)
+    started = time.perf_counter()
+    result = synthesize(config, args.out / "dataset", address=args.address, use_ray=not args.no_ray)
+    counts = result.manifest["counts"]
+    print(f"dataset: {result.out_dir} ({counts['accepted']:,} samples kept, {counts['rejected']:,} rejected)")
+    return train_after_synthesis(args, config, result.out_dir, time.perf_counter() - started)
 
 
 def cmd_card(args: argparse.Namespace) -> int:

@@ -96,6 +96,20 @@ def parse_conversation(conversation: Conversation, for_generation: bool) -> tupl
     return system, turns
 
 
+def supervised_runs(input_ids: Sequence[int], labels: Sequence[int]) -> list[list[int]]:
+    """The contiguous spans of supervised tokens (one per answer, with its end-of-turn token)."""
+    runs: list[list[int]] = []
+    previous = False
+    for token, label in zip(input_ids, labels):
+        supervised = label != IGNORE_INDEX
+        if supervised:
+            if not previous:
+                runs.append([])
+            runs[-1].append(token)
+        previous = supervised
+    return runs
+
+
 def add_vision_tokens(tokenizer: PreTrainedTokenizerBase, config: SequenceConfig) -> int:
     """Add `<vision_start>` / `<vision_end>` as special tokens; returns how many were new."""
     tokens = [config.vision_start_token, config.vision_end_token]
@@ -265,16 +279,16 @@ class SequenceBuilder:
             {"from": "gpt", "value": "Blue."},
         ]
         answers = ["The ball is red.", "Blue."]
+        end = self.tokenizer.decode([self.end_of_turn_id]) if self.end_of_turn_id is not None else ""
         for has_image in (True, False):
             sample = self.assemble(self.tokenize(probe, has_image=has_image), has_image=has_image,
                                    latent_count=self.latent_count(for_generation=True))
-            supervised = [t for t, label in zip(sample.input_ids, sample.labels) if label != IGNORE_INDEX]
-            got = self.tokenizer.decode(supervised, skip_special_tokens=False)
-            end = self.tokenizer.decode([self.end_of_turn_id]) if self.end_of_turn_id is not None else ""
-            expected = "".join(answer + end for answer in answers)
+            runs = supervised_runs(sample.input_ids, sample.labels)
+            got = [self.tokenizer.decode(run, skip_special_tokens=False).strip() for run in runs]
+            expected = [answer + end for answer in answers]
             if got != expected:
                 raise LabelMaskError(
-                    f"chat template and tokenizer disagree: supervised tokens decode to {got!r}, expected "
+                    f"chat template and tokenizer disagree: the supervised tokens decode to {got!r}, expected "
                     f"{expected!r} (has_image={has_image}); check sequence.chat_template"
                 )
 
@@ -484,6 +498,11 @@ class SequenceBuilder:
 
     def _detect_end_of_turn_id(self) -> int | None:
         rendered = self._render(None, [Turn("q", "a")], for_generation=False, has_image=False)
+        if _ANSWER_OPEN not in rendered or _ANSWER_CLOSE not in rendered:
+            raise LabelMaskError(
+                f"chat template {'(config)' if self.chat_template else 'of the tokenizer'} does not render the "
+                "assistant's message: no answer could ever be supervised"
+            )
         tail = rendered.split(_ANSWER_CLOSE, 1)[1]
         ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
         return ids[0] if ids else None

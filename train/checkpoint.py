@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.fileio import atomic_write_text
+from train.atomic import atomic_write_text
 from train.distributed import DistInfo, Strategy, barrier, broadcast_object, gather_objects
 
 logger = logging.getLogger(__name__)

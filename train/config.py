@@ -210,7 +210,7 @@ def validate_train_config(raw: dict[str, Any], source: str) -> TrainConfig:
 
 
 def save_train_config(config: TrainConfig, path: Path) -> None:
-    from pipeline.fileio import atomic_write_text
+    from train.atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 

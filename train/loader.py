@@ -44,9 +44,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from model.batch import FusionBatch
-from model.sequence import SequenceBuilder, SequenceTooLongError, TokenizedConversation
-from pipeline.record import IMAGE_TOKEN, SampleRecord
-from pipeline.units import derive_seed
+from model.sequence import IMAGE_PLACEHOLDER, SequenceBuilder, SequenceTooLongError, TokenizedConversation
+from pipeline.record import SampleRecord
+from train.seeding import derive_seed
 from train.config import DataSection
 from train.sources import Shard, Source, is_url
 
@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the loader forks workers after tokenizing
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-BAD_REASONS = ("unreadable_shard", "corrupt_shard", "missing_json", "bad_json", "bad_conversation",
+BAD_REASONS = ("unreadable_shard", "corrupt_shard", "missing_json", "bad_json", "missing_image", "bad_conversation",
                "no_supervised_tokens", "too_long", "bad_image")
 FILTERED_REASONS = ("below_threshold",)
 WARN_FIRST = 20  # bad samples logged in full per worker before logging every 100th
@@ -157,9 +157,13 @@ def shard_samples(shard: Shard, counts: Counter) -> Iterator[tuple[int, dict[str
     (open_clip's `group_by_keys_nothrow` does not), and the marker stops a truncated shard's partial last sample
     from merging with the next shard's first."""
 
+    failed = []
+
     def handler(error: Exception) -> bool:
-        counts["corrupt_shard"] += 1
-        logger.warning("corrupt or truncated shard %s: %s (rest of the shard skipped)", shard.url, error)
+        if not failed:  # the expander and the grouping both report the same broken stream
+            counts["corrupt_shard"] += 1
+            logger.warning("corrupt or truncated shard %s: %s (rest of the shard skipped)", shard.url, error)
+        failed.append(error)
         return True
 
     try:
@@ -175,19 +179,32 @@ def shard_samples(shard: Shard, counts: Counter) -> Iterator[tuple[int, dict[str
         stream.close()
 
 
+def slot_shards(source: Source, *, seed: int, epoch: int, slot: int, slots: int, resampled: bool,
+                round_: int = 0) -> tuple[list[Shard], bool]:
+    """(shards this slot reads in pass `round_` of an epoch, whether they are split between slots).
+
+    Without resampling, one seeded shard order per epoch is shared by every slot, so the split (by node, then by
+    worker) is a partition that holds for the whole epoch; later passes only reorder a slot's own shards."""
+    shards = list(source.shards)
+    if resampled:  # each slot draws its own shards with replacement: no split needed
+        rng = random.Random(derive_seed(seed, "resample", source.name, epoch, slot, round_))
+        return [rng.choice(shards) for _ in shards], False
+    order = shards[:]
+    random.Random(derive_seed(seed, "shards", source.name, epoch)).shuffle(order)
+    if len(shards) < slots:
+        return order, False  # too few shards: every slot reads them all and keeps every n-th sample
+    mine = order[slot::slots]
+    if round_:
+        random.Random(derive_seed(seed, "pass", source.name, epoch, slot, round_)).shuffle(mine)
+    return mine, True
+
+
 def source_samples(source: Source, index: int, *, seed: int, epoch: int, slot: int, slots: int, resampled: bool,
                    counts: Counter) -> Iterator[dict[str, Any]]:
     """Endless raw samples of one source for one slot: pass after pass over its shards."""
-    shards = list(source.shards)
-    split_shards = len(shards) >= slots
     for round_ in itertools.count():
-        if resampled:  # each slot draws its own shards with replacement: no split needed
-            rng = random.Random(derive_seed(seed, "resample", source.name, epoch, slot, round_))
-            mine = [rng.choice(shards) for _ in shards]
-        else:  # one seeded order shared by every slot, so the split is a partition
-            order = shards[:]
-            random.Random(derive_seed(seed, "shards", source.name, epoch, round_)).shuffle(order)
-            mine = order[slot::slots] if split_shards else order
+        mine, split = slot_shards(source, seed=seed, epoch=epoch, slot=slot, slots=slots, resampled=resampled,
+                                  round_=round_)
         yielded = kept = 0
         for shard in mine:
             keep = None if shard.keep is None else set(shard.keep)
@@ -195,7 +212,7 @@ def source_samples(source: Source, index: int, *, seed: int, epoch: int, slot: i
                 if keep is not None and position not in keep:
                     continue
                 kept += 1
-                if not split_shards and not resampled and (kept - 1) % slots != slot:
+                if not split and not resampled and (kept - 1) % slots != slot:
                     continue
                 raw["__source__"] = index
                 yielded += 1
@@ -243,6 +260,9 @@ class SampleProcessor:
         image_bytes = None if source.spec.text_only else next(
             (raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
         has_image = image_bytes is not None
+        if not has_image and not source.spec.text_only and _asks_for_image(record.conversations):
+            # a sample of an image shard that lost its image member (a truncated tar) is not a text-only sample
+            return self._bad(counts, "missing_image", key, "the conversation has <image> but the sample no image")
         conversation = record.conversations if has_image else _without_image_token(record.conversations)
         try:
             tokenized = self.builder.tokenize(conversation, has_image=has_image)
@@ -263,6 +283,7 @@ class SampleProcessor:
                 pixels = self.builder.image_processor(image.convert("RGB"))
             except Exception as error:  # PIL raises many types for broken images
                 return self._bad(counts, "bad_image", key, f"{type(error).__name__}: {error}")
+        counts["image_samples" if has_image else "text_only_samples"] += 1
         return PreparedSample(key, tokenized, pixels)
 
     def _passes_thresholds(self, scores: dict[str, float], source: Source) -> bool:
@@ -285,8 +306,12 @@ class SampleProcessor:
         return None
 
 
+def _asks_for_image(conversation: list[dict[str, str]]) -> bool:
+    return any(IMAGE_PLACEHOLDER in str(turn.get("value", "")) for turn in conversation)
+
+
 def _without_image_token(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{**turn, "value": turn["value"].replace(f"{IMAGE_TOKEN}\n", "").replace(IMAGE_TOKEN, "")}
+    return [{**turn, "value": turn["value"].replace(f"{IMAGE_PLACEHOLDER}\n", "").replace(IMAGE_PLACEHOLDER, "")}
             for turn in conversation]
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import braceexpand
 import fsspec
 
-from pipeline.units import derive_seed
+from train.seeding import derive_seed
 from train.config import SourceSpec
 
 logger = logging.getLogger(__name__)

@@ -45,6 +45,7 @@ class TrainResult:
     total_steps: int
     metrics: Path
     seconds: float
+    is_main: bool = True
 
 
 def with_data(config: TrainConfig, data: str | None) -> TrainConfig:
@@ -146,7 +147,8 @@ def train(config: TrainConfig, out: Path, *, data: str | None = None, resume: st
         metrics.close()
     if last_saved != state.step or final is None:
         raise RuntimeError("training ended without a checkpoint of its last step")
-    return TrainResult(out, final, state.step, total_steps, out / METRICS_FILE, time.perf_counter() - started)
+    return TrainResult(out, final, state.step, total_steps, out / METRICS_FILE, time.perf_counter() - started,
+                       info.is_main)
 
 
 def _step(micro: list[TrainBatch], wrapped: torch.nn.Module, model, strategy, optimizer, config: TrainConfig,
