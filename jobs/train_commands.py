@@ -7,10 +7,31 @@ import sys
 from pathlib import Path
 
 
+def user_errors(handler):
+    """A config, data or template problem gets one line naming what is at fault and exit code 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        from model.config import ConfigError as ModelConfigError
+        from model.sequence import LabelMaskError
+        from train.config import TrainConfigError
+        from train.convert import ConvertError
+        from train.sources import DataSourceError
+
+        try:
+            return handler(args)
+        except (TrainConfigError, DataSourceError, ConvertError, LabelMaskError, ModelConfigError) as error:
+            if getattr(args, "verbose", False):
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def add_train_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train FUSION on WebDataset shards (one process, torchrun or Ray)")
     add_train_arguments(train)
-    train.set_defaults(handler=cmd_train)
+    train.set_defaults(handler=user_errors(cmd_train))
 
     evaluate = commands.add_parser("evaluate", help="held-out accuracy of a checkpoint, beside chance and majority")
     evaluate.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint or model folder")
@@ -18,14 +39,14 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", required=True, type=Path)
     evaluate.add_argument("--config", default="demo", help="training config whose eval section to use")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    evaluate.set_defaults(handler=cmd_evaluate)
+    evaluate.set_defaults(handler=user_errors(cmd_evaluate))
 
     convert = commands.add_parser("convert", help="turn LLaVA-style JSON + images or a Hugging Face image-text "
                                                   "dataset folder into shards of the dataset contract")
     from train.convert import add_convert_arguments
 
     add_convert_arguments(convert)
-    convert.set_defaults(handler=cmd_convert)
+    convert.set_defaults(handler=user_errors(cmd_convert))
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

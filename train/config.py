@@ -147,6 +147,8 @@ class TrainConfig(Strict):
     precision: Literal["auto", "float32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA with fp32 master weights, float32 on CPU")
     gradient_checkpointing: bool = False
+    deterministic: bool = Field(False, description="torch deterministic algorithms: bitwise-repeatable runs "
+                                "(CPU attention backward otherwise sums in thread order)")
     loss_chunk_tokens: int = Field(4096, ge=1, description="Supervised tokens per cross-entropy chunk")
     strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)

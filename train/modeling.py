@@ -36,7 +36,7 @@ def fusion_config(section: ModelSection) -> FusionConfig:
                                  tokenizer=section.tokenizer)
     if section.overrides:
         data = config.to_dict()
-        for dotted, value in section.overrides.items():
+        for dotted, value in _flatten(section.overrides).items():
             _set_dotted(data, dotted, copy.deepcopy(value), f"model.overrides.{dotted}")
         try:
             config = FusionConfig.from_dict(data)
@@ -53,6 +53,17 @@ def as_master_weights(config: FusionConfig) -> FusionConfig:
                         MASTER_DTYPE)
             part.dtype = MASTER_DTYPE
     return config
+
+
+def _flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings (as `--set model.overrides.a.b=1` makes them) merge field by field, like dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any, field: str) -> None:

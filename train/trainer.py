@@ -58,6 +58,16 @@ def with_data(config: TrainConfig, data: str | None) -> TrainConfig:
 def train(config: TrainConfig, out: Path, *, data: str | None = None, resume: str | None = None,
           stop_after: int | None = None, info: DistInfo | None = None) -> TrainResult:
     """Train `config` into `out`; `resume="latest"` continues the newest checkpoint there (or starts fresh)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(config.deterministic or previous, warn_only=True)
+    try:
+        return _train(config, out, data=data, resume=resume, stop_after=stop_after, info=info)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | None, stop_after: int | None,
+           info: DistInfo | None) -> TrainResult:
     started = time.perf_counter()
     info = info or init_distributed()
     _quiet_other_ranks(info)
@@ -120,6 +130,7 @@ def train(config: TrainConfig, out: Path, *, data: str | None = None, resume: st
                     raise RuntimeError("the loader ended before the epoch did (with_epoch count too small)")
                 position.consumed(item.worker, item.position)
                 micro.append(item)
+            step_lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}  # the lr of this step
             record = _step(micro, wrapped, model, strategy, optimizer, config, info, flops)
             scheduler.step()
             state.step += 1
@@ -131,7 +142,7 @@ def train(config: TrainConfig, out: Path, *, data: str | None = None, resume: st
             seconds = time.perf_counter() - step_start
             record.update(_rates(record, seconds, peak, info))
             record.update(step=state.step, epoch=position.epoch + position.batches / loader.batches_per_epoch,
-                          lr={g["name"]: g["lr"] for g in optimizer.param_groups}, step_seconds=seconds)
+                          lr=step_lrs, step_seconds=seconds)
             record.update(_data_counts(position, loader.num_workers))
             if state.step % config.log.every_steps == 0 or state.step in (1, stop):
                 metrics.log(_flatten(record))
