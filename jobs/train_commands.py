@@ -41,6 +41,13 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     evaluate.set_defaults(handler=user_errors(cmd_evaluate))
 
+    task = commands.add_parser("lmms-task", help="write a local lmms-eval task for a held-out split")
+    task.add_argument("--data", required=True, help="dataset folder with a held-out split")
+    task.add_argument("--out", required=True, type=Path, help="task folder for lmms-eval --include_path")
+    task.add_argument("--split", default="test")
+    task.add_argument("--max-per-category", type=int, default=None)
+    task.set_defaults(handler=user_errors(cmd_lmms_task))
+
     convert = commands.add_parser("convert", help="turn LLaVA-style JSON + images or a Hugging Face image-text "
                                                   "dataset folder into shards of the dataset contract")
     from train.convert import add_convert_arguments
@@ -80,6 +87,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = load_train_config(args.config, args.overrides)
     print(format_table(evaluate(args.checkpoint, args.data, args.out, config.eval, seed=config.seed)))
+    return 0
+
+
+def cmd_lmms_task(args: argparse.Namespace) -> int:
+    from train.lmms_task import TASK_NAME, export_task
+
+    path = export_task(args.data, args.out, split=args.split, max_per_category=args.max_per_category)
+    print(f"task:  {path}")
+    print(f"run:   lmms-eval --model fusion --model_args pretrained=CHECKPOINT --tasks {TASK_NAME} "
+          f"--include_path {args.out}")
     return 0
 
 

@@ -41,6 +41,7 @@ TEMP = ".tmp-"
 @dataclass
 class TrainerState:
     step: int = 0
+    total_steps: int = 0
     samples: int = 0
     tokens: int = 0
     scheduler: dict[str, Any] = field(default_factory=dict)

@@ -3,10 +3,13 @@ on CPU, NCCL on GPU) and calls `train.trainer.train` on each, exactly as torchru
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from train.checkpoint import STATE_FILE, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -47,4 +50,9 @@ def train_on_ray(*, config: str, overrides: list[str], data: str | None, out: Pa
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"Ray Train failed: {result.error}")
-    return dict(result.metrics)
+    # The run folder, not Ray's result, is the record: it holds what a resumed run would continue from.
+    checkpoint = resolve_checkpoint(out, "latest")
+    if checkpoint is None:
+        raise RuntimeError(f"Ray Train finished without a checkpoint in {out}")
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    return {"steps": state["step"], "total_steps": state["total_steps"], "checkpoint": str(checkpoint)}

@@ -99,7 +99,8 @@ def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | No
                          batches_per_epoch=steps_per_epoch * accumulation, max_length=max_length, rank=info.rank,
                          world_size=info.world_size)
 
-    state = TrainerState(world_size=info.world_size, strategy=strategy.name, config_name=config.name)
+    state = TrainerState(total_steps=total_steps, world_size=info.world_size, strategy=strategy.name,
+                         config_name=config.name)
     position = loader.new_position(0)
     checkpoint = resolve_checkpoint(out, resume) if resume else None
     if checkpoint is not None:
