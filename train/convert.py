@@ -71,6 +71,8 @@ def write_text_only_shard(root: Path, category: str, split: str, index: int, rec
 
     stem = f"data/{category}/{split}-{index:05d}"
     tar_path, parquet_path = root / f"{stem}.tar", root / f"{stem}.parquet"
+    for record in records:
+        record.status = "accepted"
     json_dicts = [record.to_json_dict() for record in records]
     with atomic_path(tar_path) as temp, tarfile.open(temp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for record, data in zip(records, json_dicts, strict=True):

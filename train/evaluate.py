@@ -153,6 +153,24 @@ def add_baselines(items: list[EvalItem], seed: int = 0) -> None:
             item.majority = float(answer == most_common)
 
 
+def fit_prompt(builder, prompt: list[dict[str, str]], has_image: bool) -> list[dict[str, str]]:
+    """The prompt with its oldest question/answer pairs dropped until it fits the model's max_length (the image
+    placeholder moves to the first question kept); the question itself is never cut."""
+    from model.sequence import SequenceTooLongError
+
+    latent_count = builder.latent_count(for_generation=True)
+    while True:
+        try:
+            builder.assemble(builder.tokenize(prompt, has_image=has_image, for_generation=True),
+                             has_image=has_image, latent_count=latent_count)
+            return prompt
+        except SequenceTooLongError:
+            if len(prompt) <= 1:
+                raise
+            first = prompt[2]["value"].replace("<image>\n", "").replace("<image>", "")
+            prompt = [{**prompt[2], "value": ("<image>\n" if has_image else "") + first}, *prompt[3:]]
+
+
 @torch.no_grad()
 def generate_answers(model: FusionModel, items: list[EvalItem], config: EvalSection, progress: bool = True) -> None:
     model.eval()
@@ -162,7 +180,8 @@ def generate_answers(model: FusionModel, items: list[EvalItem], config: EvalSect
         chunk = [items[i] for i in order[start : start + config.batch_size]]
         long_answers = any(item.kind in (CAPTION, LONG) for item in chunk)
         images = [Image.open(io.BytesIO(item.image)).convert("RGB") if item.image else None for item in chunk]
-        answers = model.generate(images, [item.prompt for item in chunk],
+        prompts = [fit_prompt(model.sequence_builder, item.prompt, item.image is not None) for item in chunk]
+        answers = model.generate(images, prompts,
                                  max_new_tokens=config.max_new_tokens if long_answers else config.max_new_tokens_short)
         for item, answer in zip(chunk, answers, strict=True):
             item.prediction = answer
