@@ -47,10 +47,12 @@ def torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
 
 def test_ddp_and_fsdp2_on_two_processes(mixed_shards, tmp_path):
     data = str(mixed_shards / "*.tar")
-    # which rank the seeded shard split gives the text-only shard to (the same function the loader runs)
     source = resolve_sources([SourceSpec(path=data)], seed=0)[0]
-    text_rank = next(rank for rank in (0, 1) if "text" in slot_shards(source, seed=0, epoch=0, slot=rank, slots=2,
-                                                                       resampled=False)[0][0].url)
+
+    def text_rank(epoch: int) -> int:
+        """The rank the seeded shard split gives the text-only shard to (the loader's own function)."""
+        return next(rank for rank in (0, 1) if "text" in slot_shards(source, seed=0, epoch=epoch, slot=rank,
+                                                                      slots=2, resampled=False)[0][0].url)
 
     ddp = tmp_path / "ddp"
     torchrun([*COMMON, "--data", data, "--out", str(ddp), "--set", "strategy=ddp"], tmp_path)
@@ -59,8 +61,9 @@ def test_ddp_and_fsdp2_on_two_processes(mixed_shards, tmp_path):
     positions = state["loader"]
     # 10 samples, global batch 4: 3 steps per epoch, so step 4 is the first of epoch 1, on both ranks alike
     assert [(p["epoch"], p["batches"]) for p in positions] == [(1, 1), (1, 1)]
-    text_counts = positions[text_rank]["workers"]["0"]["counts"]
-    image_counts = positions[1 - text_rank]["workers"]["0"]["counts"]
+    rank = text_rank(positions[0]["epoch"])
+    text_counts = positions[rank]["workers"]["0"]["counts"]
+    image_counts = positions[1 - rank]["workers"]["0"]["counts"]
     assert text_counts.get("text_only_samples", 0) > 0 and "image_samples" not in text_counts  # text only
     assert image_counts.get("image_samples", 0) > 0 and "text_only_samples" not in image_counts
 
