@@ -15,9 +15,10 @@ from train.sources import Shard, resolve_sources, select
 
 
 def make_loader(builder, path, *, micro_batch=2, batches=6, workers=0, rank=0, world=1, max_length=512, seed=0,
-                **source):
+                resampled=False, **source):
     sources = resolve_sources([SourceSpec(path=str(path), **source)], seed)
-    data = DataSection(shuffle_buffer=8, shuffle_initial=2, num_workers=workers, prefetch_factor=2)
+    data = DataSection(shuffle_buffer=8, shuffle_initial=2, num_workers=workers, prefetch_factor=2,
+                       resampled=resampled)
     return ShardLoader(sources, builder, data, seed=seed, micro_batch=micro_batch, batches_per_epoch=batches,
                        max_length=max_length, rank=rank, world_size=world)
 
@@ -176,3 +177,19 @@ def test_a_source_that_selects_nothing_is_an_error(tmp_path):
 
     with pytest.raises(DataSourceError, match="matches no tar"):
         resolve_sources([SourceSpec(path=str(tmp_path / "none-*.tar"))], seed=0)
+
+
+def test_resampled_mixture_draws_sources_in_proportion_to_their_weights(builder, tmp_path):
+    a = write_tar(tmp_path / "a" / "a-00000.tar", image_samples("a", 4))
+    b = write_tar(tmp_path / "b" / "b-00000.tar", image_samples("b", 4))
+    write_sizes(tmp_path / "a", [a], [4])
+    write_sizes(tmp_path / "b", [b], [4])
+    specs = [SourceSpec(path=str(a), weight=3.0), SourceSpec(path=str(b), weight=1.0)]
+    data = DataSection(shuffle_buffer=4, shuffle_initial=1, num_workers=0, resampled=True)
+    loader = ShardLoader(resolve_sources(specs, seed=0), builder, data, seed=0, micro_batch=8, batches_per_epoch=25,
+                         max_length=512)
+    keys = keys_of(loader.epoch(0))
+    share = sum(key.startswith("a") for key in keys) / len(keys)
+    assert len(keys) == 200 and 0.68 < share < 0.82  # 3:1 by weight, not 1:1 by size
+    again = keys_of(make_loader(builder, a, batches=2, resampled=False).epoch(0))
+    assert keys_of(loader.epoch(0)) == keys and again  # seeded: the same mixture every time
