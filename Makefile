@@ -1,4 +1,5 @@
-# `make run` and `make test` each create .venv and install the project with its test extras when needed.
+# `make run` and `make test` each create .venv and install the project with its test and eval (lmms-eval) extras
+# when needed.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,eval]'
 	touch $(STAMP)
 
 run: $(STAMP)

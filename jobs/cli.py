@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_synthesis_arguments(synth)
     synth.set_defaults(handler=cmd_synth)
 
-    run = commands.add_parser("run", help="the end-to-end job: synthesize and describe the dataset")
+    run = commands.add_parser("run", help="the end-to-end job: synthesize, train, evaluate and report")
     add_synthesis_arguments(run)
     run.set_defaults(handler=cmd_run)
 
@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("dir", type=Path)
     clear.add_argument("--stage", default=None, help="stage id whose calls to delete")
     clear.set_defaults(handler=cmd_cache_clear)
+
+    from jobs.train_commands import add_train_commands
+
+    add_train_commands(commands)
     return parser
 
 
@@ -95,7 +99,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return cmd_synth(args)
+    """Synthesize into OUT/dataset, then train, evaluate and report (jobs/train_commands.py)."""
+    import time
+
+    from jobs.train_commands import train_after_synthesis
+    from pipeline.synthesis import synthesize
+
+    config = load_config(args.config, args.overrides)
+    started = time.perf_counter()
+    result = synthesize(config, args.out / "dataset", address=args.address, use_ray=not args.no_ray,
+                        use_cache=not args.no_cache, allow_version_change=args.allow_version_change)
+    counts = result.manifest["counts"]
+    print(f"dataset: {result.out_dir} ({counts['accepted']:,} samples kept, {counts['rejected']:,} rejected)")
+    return train_after_synthesis(args, config, result.out_dir, time.perf_counter() - started)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

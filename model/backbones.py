@@ -1,7 +1,8 @@
 """Load or build the two stock Hugging Face backbones: the causal LM and the SigLIP / SigLIP2 vision tower.
 
 A backbone comes from a local directory or Hub id (`source`), from a folder inside an installed Python package,
-or is built from an architecture dict with random weights, or on the meta device (shapes only, no memory).
+or is built from an architecture dict with random weights, on the meta device (shapes only, no memory), or
+"empty" (allocated for a state dict to be loaded next; callers wrap it in `no_init_weights` to skip the init).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from model.config import LanguageModelConfig, VisionTowerConfig
 
 logger = logging.getLogger(__name__)
 
-WeightsMode = Literal["pretrained", "random", "meta"]
+WeightsMode = Literal["pretrained", "random", "meta", "empty"]
 VisionTower = SiglipVisionModel | Siglip2VisionModel
 
 # model_type (of a full SigLIP checkpoint or of its vision part) -> vision model class and its config class
@@ -96,7 +97,8 @@ def _build_from_architecture(
 
 
 def _built_weights(weights: WeightsMode) -> str:
-    return "meta (shape-only)" if weights == "meta" else "random"  # "pretrained" without a source builds randomly
+    # "pretrained" without a source builds randomly
+    return {"meta": "meta (shape-only)", "empty": "uninitialised (to be loaded)"}.get(weights, "random")
 
 
 def _architecture_config(architecture: dict[str, Any] | None, source: str | None, field: str) -> PretrainedConfig:
@@ -132,6 +134,8 @@ def load_language_model(config: LanguageModelConfig, weights: WeightsMode = "pre
         architecture = _architecture_config(config.architecture, source, "language_model")
         architecture._attn_implementation = config.attn_implementation
         model = _build_from_architecture(AutoModelForCausalLM, architecture, weights, dtype)
+        if weights == "empty":
+            model.tie_weights()  # skipped init also skips the tying done in post_init
         logger.info("language model %s built with %s weights", type(model).__name__, _built_weights(weights))
     decoder_layers(model)  # fail early when the LM has no `model.layers`
     return model

@@ -11,6 +11,11 @@ interaction layer rewrites the latent positions of the residual stream:
 
 The interaction runs through forward hooks on the stock decoder layers. The hooks read an explicit per-forward
 `CardContext` that exists only inside `CardInteraction.active(...)`, and only act during prefill.
+
+FSDP2-safe by construction: every parameter of an interaction layer is used inside that layer's own `forward`
+(gather, window keys/values, update and scatter), so `fully_shard` on each interaction layer unshards exactly
+what is used. A context may be a zero-weighted placeholder (`CardContext.placeholder`): the layer then runs on
+dummy latents and adds nothing, so every rank runs the same modules whatever its batch holds.
 """
 
 from __future__ import annotations
@@ -76,7 +81,9 @@ class InteractionLayer(nn.Module):
             raise ConfigError(f"card.num_heads={num_heads} does not divide the LLM width {hidden_size}")
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
-        self.query_in = nn.Linear(2 * hidden_size, hidden_size, bias=False)
+        # W_in [h ; z] = W_h h + W_z z, as two modules: the question half runs once per block, not once per latent.
+        self.question_in = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.latent_in = nn.Linear(hidden_size, hidden_size, bias=False)
         self.context_in = nn.Linear(hidden_size, hidden_size, bias=False)
         self.query_norm = nn.LayerNorm(hidden_size)
         self.context_norm = nn.LayerNorm(hidden_size)
@@ -87,19 +94,27 @@ class InteractionLayer(nn.Module):
         self.fc1 = nn.Linear(hidden_size, hidden_size, bias=False)
         self.fc2 = nn.Linear(hidden_size, hidden_size, bias=False)
 
-    def window_keys_values(self, windows: torch.Tensor) -> torch.Tensor:
-        """(N, Q, K, D) window features -> (N, Q, K, 2, heads, head_dim) keys and values: LN(W_ctx w) projected.
+    def forward(self, hidden: torch.Tensor, context: CardContext) -> torch.Tensor:
+        """(B, L, D) hidden states -> the same with the latent positions of `context` updated."""
+        if context.placeholder:
+            return self._zero_weighted_pass(hidden, context)
+        rows = context.latent_rows[:, None].expand_as(context.latent_positions)
+        latents = hidden[rows, context.latent_positions]
+        question = hidden[context.latent_rows, context.question_end_positions]
+        # Window keys/values are computed once per image and shared by all of its turns.
+        keys_values = self._window_keys_values(context.windows.to(hidden.dtype))[context.block_images]
+        updated = self._update(latents, question, keys_values)
+        return hidden.index_put((rows, context.latent_positions), updated)
 
-        Computed once per image and shared by all of its turns."""
+    def _window_keys_values(self, windows: torch.Tensor) -> torch.Tensor:
+        """(N, Q, K, D) window features -> (N, Q, K, 2, heads, head_dim) keys and values: LN(W_ctx w) projected."""
         context = self.context_norm(self.context_in(windows))
         return self.kv_proj(context).unflatten(-1, (2, self.num_heads, self.head_dim))
 
-    def forward(self, latents: torch.Tensor, question: torch.Tensor, keys_values: torch.Tensor) -> torch.Tensor:
+    def _update(self, latents: torch.Tensor, question: torch.Tensor, keys_values: torch.Tensor) -> torch.Tensor:
         """latents (M, Q, D), question-end states (M, D), window keys/values (M, Q, K, 2, H, d) -> new latents."""
         blocks, count, width = latents.shape
-        # W_in [h ; z] = W_h h + W_z z: the question half is computed once per block, not once per latent.
-        question_weight, latent_weight = self.query_in.weight.split(width, dim=1)
-        query_input = F.linear(question, question_weight)[:, None, :] + F.linear(latents, latent_weight)
+        query_input = self.question_in(question)[:, None, :] + self.latent_in(latents)
         queries = self.q_proj(self.query_norm(query_input)).view(blocks, count, self.num_heads, self.head_dim)
         keys, values = keys_values.unbind(3)
         scores = torch.einsum("bqhd,bqkhd->bqhk", queries, keys) / math.sqrt(self.head_dim)
@@ -107,6 +122,15 @@ class InteractionLayer(nn.Module):
         attended = torch.einsum("bqhk,bqkhd->bqhd", weights, values).reshape(blocks, count, width)
         mixed = self.output_norm(self.o_proj(attended) + query_input)
         return latents + self.fc2(F.gelu(self.fc1(mixed)))
+
+    def _zero_weighted_pass(self, hidden: torch.Tensor, context: CardContext) -> torch.Tensor:
+        """Run every parameter on one dummy block and add exactly zero: the batch has no latent block, but DDP and
+        FSDP need the same modules to run (and receive gradients) on every rank."""
+        windows = context.windows[:1].to(hidden.dtype)
+        latents = torch.zeros(1, windows.shape[1], hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        question = hidden[:1, 0]
+        updated = self._update(latents, question, self._window_keys_values(windows))
+        return hidden + 0.0 * updated.sum()
 
 
 @dataclass
@@ -119,20 +143,27 @@ class CardContext:
     windows: torch.Tensor  # (NI, Q, K, D) raw window features per image
     block_images: torch.Tensor  # (NB,) index into `windows` for each block
     prefill: bool = True
+    # No latent block in the batch: the layers run on dummy inputs with zero weight (see InteractionLayer).
+    placeholder: bool = False
 
 
-_HOOK_TARGET = "_fusion_card_hook_target"
+class _InteractionHook:
+    """The forward hook of one decoder layer. It holds its CARD module and slot itself (nothing is stored on the
+    decoder layer), so wrappers such as FSDP2's, which swap the layer's class, leave it intact; copy.deepcopy of
+    the whole model re-points the copy's hooks at the copy's interaction layers."""
 
+    def __init__(self, card: CardInteraction, slot: int) -> None:
+        self.card = card
+        self.slot = slot
 
-def _interaction_hook(module: nn.Module, args: Any, output: Any) -> Any:
-    card, slot = module.__dict__[_HOOK_TARGET]
-    context = card._context
-    if context is None or not context.prefill:
-        return None  # decode steps and plain LM calls run untouched
-    # Decoder layers return a tensor in current transformers; older ones return a tuple.
-    if isinstance(output, tuple):
-        return (card.apply_layer(slot, output[0], context), *output[1:])
-    return card.apply_layer(slot, output, context)
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        context = self.card._context
+        if context is None or not context.prefill:
+            return None  # decode steps and plain LM calls run untouched
+        # Decoder layers return a tensor in current transformers; older ones return a tuple.
+        if isinstance(output, tuple):
+            return (self.card.apply_layer(self.slot, output[0], context), *output[1:])
+        return self.card.apply_layer(self.slot, output, context)
 
 
 class CardInteraction(nn.Module):
@@ -156,11 +187,7 @@ class CardInteraction(nn.Module):
     def attach(self, decoder_layers: nn.ModuleList) -> None:
         self.detach()
         for slot, layer_index in enumerate(self.after_layers):
-            layer = decoder_layers[layer_index]
-            # A plain (non-module) attribute, so copy.deepcopy of the whole model re-points the copy's hooks at the
-            # copy's interaction layers instead of the original's.
-            layer.__dict__[_HOOK_TARGET] = (self, slot)
-            self._handles.append(layer.register_forward_hook(_interaction_hook))
+            self._handles.append(decoder_layers[layer_index].register_forward_hook(_InteractionHook(self, slot)))
         # A tuple, not a ModuleList: the decoder layers belong to the language model, not to CARD.
         self._attached = tuple(decoder_layers[index] for index in self.after_layers)
 
@@ -168,9 +195,12 @@ class CardInteraction(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for layer in self._attached:
-            layer.__dict__.pop(_HOOK_TARGET, None)
         self._attached = ()
+
+    @property
+    def attached_layers(self) -> tuple[nn.Module, ...]:
+        """The decoder layers whose outputs the interaction layers rewrite."""
+        return self._attached
 
     @contextlib.contextmanager
     def active(self, context: CardContext | None) -> Iterator[None]:
@@ -185,18 +215,13 @@ class CardInteraction(nn.Module):
 
     def apply_layer(self, slot: int, hidden: torch.Tensor, context: CardContext) -> torch.Tensor:
         """Interaction layer `slot` on (B, L, D) hidden states; only latent positions change."""
-        if context.latent_positions.numel() == 0:
+        if context.latent_positions.numel() == 0 and not context.placeholder:
             return hidden
         _, latent_count, keys = context.windows.shape[:3]
-        if keys != self.window_size**2 or latent_count != context.latent_positions.shape[1]:
+        expected_count = latent_count if context.placeholder else context.latent_positions.shape[1]
+        if keys != self.window_size**2 or latent_count != expected_count:
             raise ValueError(
                 f"CARD windows of shape {tuple(context.windows.shape)} do not match card.window_size="
-                f"{self.window_size} and Q={context.latent_positions.shape[1]} latent slots per block"
+                f"{self.window_size} and Q={expected_count} latent slots per block"
             )
-        layer = self.layers[slot]
-        rows = context.latent_rows[:, None].expand_as(context.latent_positions)
-        latents = hidden[rows, context.latent_positions]
-        question = hidden[context.latent_rows, context.question_end_positions]
-        keys_values = layer.window_keys_values(context.windows.to(hidden.dtype))[context.block_images]
-        updated = layer(latents, question, keys_values)
-        return hidden.index_put((rows, context.latent_positions), updated)
+        return self.layers[slot](hidden, context)

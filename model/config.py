@@ -72,8 +72,10 @@ class TuneConfig:
 
     # Number of leading ViT blocks where vision queries may not attend to text keys; None means half the kept blocks.
     early_layers: int | None = None
-    # Cap on question tokens fed to the ViT (the released code had none).
+    # Cap on each question's tokens fed to the ViT, keeping the question's start (the released code had none).
     vit_text_max_tokens: int = 128
+    # Cap on the joined ViT text of all turns: the oldest whole turns are dropped first (None: no total cap).
+    vit_text_max_total_tokens: int | None = None
     # One policy for training and inference: every human turn joined, or only the last human turn.
     vit_text_policy: Literal["all_questions", "last_question"] = "all_questions"
     vit_text_separator: str = "\n"
@@ -146,6 +148,9 @@ class FusionConfig:
             raise ConfigError("dsm_weight > 0 needs use_tune: the text term rebuilds the question from the ViT")
         if self.tune.vit_text_max_tokens < 0:
             raise ConfigError(f"tune.vit_text_max_tokens must be >= 0, got {self.tune.vit_text_max_tokens}")
+        total = self.tune.vit_text_max_total_tokens
+        if total is not None and total < 1:
+            raise ConfigError(f"tune.vit_text_max_total_tokens must be >= 1 or None, got {total}")
         if self.inference_image_grid is not None and self.inference_image_grid < 1:
             raise ConfigError(f"inference_image_grid must be >= 1 or None, got {self.inference_image_grid}")
         if self.vision_tower.drop_last_layers < 0:
@@ -435,6 +440,49 @@ register_preset("fusion-tiny-siglip2")(lambda: _tiny_config("fusion-tiny-siglip2
 register_preset("fusion-l-tiny")(
     lambda: _tiny_config("fusion-l-tiny", TINY_LLAMA, TINY_SIGLIP).replace(inference_image_grid=3)
 )
+
+
+# A small Llama + SigLIP built from scratch for CPU training (the `fusion run` demo): 64 px images give 32 px views
+# and tiles (4x4 patches of 8 px), so the four tiles see the image at full resolution. The vocabulary size is set by
+# the tokenizer the trainer fits to the data.
+CPU_SMALL_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 1024,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+CPU_SMALL_SIGLIP = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 64,
+    "intermediate_size": 192,
+    "num_hidden_layers": 5,
+    "num_attention_heads": 2,
+    "patch_size": 8,
+    "image_size": 32,
+}
+
+
+@register_preset("fusion-cpu-small")
+def _cpu_small() -> FusionConfig:
+    return FusionConfig(
+        name="fusion-cpu-small",
+        language_model=LanguageModelConfig(architecture=dict(CPU_SMALL_LLAMA)),
+        vision_tower=VisionTowerConfig(architecture=dict(CPU_SMALL_SIGLIP)),
+        image=ImageConfig(image_size=32, tile_grid=2),
+        tune=TuneConfig(vit_text_max_tokens=32, vit_text_max_total_tokens=96),
+        card=CardConfig(latent_counts=(1, 4), eval_latent_count=4, layer_start=0, layer_stride=2, num_layers=2,
+                        num_heads=4),
+        sequence=SequenceConfig(max_length=1024),
+    )
 
 
 @register_preset("fusion-smollm2-tiny")

@@ -2,12 +2,19 @@
 
 forward(batch) -> loss and its parts; generate(images, conversations) -> answers (batched, left padding, KV cache);
 save_pretrained / from_pretrained (config.json + model.safetensors + tokenizer/).
+
+Every module call of a forward happens inside `FusionModel.forward` (embeddings, projectors, the LM head), so the
+model can be the root of FSDP2 with per-block units. With `uniform_execution` (set by the trainer) a forward runs
+the same modules in the same order whatever the batch holds: a batch without images still runs the vision tower,
+the projectors and every interaction layer on placeholders with zero weight, so DDP needs no
+`find_unused_parameters` and FSDP ranks issue the same collectives.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from transformers import AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, SiglipVisionModel
+from transformers.initialization import no_init_weights
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from model.backbones import (
     VisionTower,
@@ -28,13 +37,15 @@ from model.backbones import (
     load_language_model,
     load_tokenizer,
     load_vision_tower,
+    torch_dtype,
 )
 from model.batch import FusionBatch
 from model.card import CardContext, CardInteraction, initial_latents, latent_windows, stitch_tiles
 from model.config import ConfigError, FusionConfig
 from model.connector import MlpProjector
 from model.dsm import DsmTerms, Reconstruction, dual_semantic_mapping_loss
-from model.sequence import IGNORE_INDEX, Conversation, SequenceBuilder, add_vision_tokens
+from model.loss import chunked_cross_entropy_sum, cross_entropy_sum
+from model.sequence import Conversation, SequenceBuilder, add_vision_tokens
 from model.vision import TextGuidedVisionEncoder
 
 logger = logging.getLogger(__name__)
@@ -46,13 +57,15 @@ TOKENIZER_DIR = "tokenizer"
 
 @dataclass
 class FusionOutput:
-    logits: torch.Tensor  # (B, L, V)
+    logits: torch.Tensor | None  # (B, L, V); None when the loss was computed in chunks from hidden states
     loss: torch.Tensor | None  # lm_loss + dsm_weight * (dsm_text + dsm_image)
     lm_loss: torch.Tensor | None
     # DSM terms (None when DSM is not computed): text over the question tokens of all samples, image over the
     # patches of image samples (zero in a batch without images); see model.dsm.
     dsm_text: torch.Tensor | None
     dsm_image: torch.Tensor | None
+    lm_loss_sum: torch.Tensor | None = None  # sum of the token losses (lm_loss = lm_loss_sum / num_supervised)
+    num_supervised: torch.Tensor | None = None  # supervised tokens of the batch
 
 
 @dataclass
@@ -64,11 +77,9 @@ class _ImageFeatures:
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Token-mean next-token cross entropy over supervised labels (zero when none is supervised)."""
-    shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shifted_labels = labels[:, 1:].reshape(-1)
-    total = F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (shifted_labels != IGNORE_INDEX).sum().clamp(min=1)
+    """Token-mean next-token cross entropy over supervised labels; a batch with none supervised is an error."""
+    total, count = cross_entropy_sum(logits, labels)
+    return total / count
 
 
 def interpolate_image_tokens(tokens: torch.Tensor, grid: int) -> torch.Tensor:
@@ -106,6 +117,8 @@ class FusionModel(nn.Module):
         self.native_image_grid = self._check_image_geometry(vision_tower)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._sequence_builder: SequenceBuilder | None = None
+        # Same modules on every forward (placeholders with zero weight); the trainer turns it on.
+        self.uniform_execution = False
         if tokenizer is not None:
             self.attach_tokenizer(tokenizer)
         self.train()  # backbones loaded by from_pretrained come in eval mode; start uniform, like any nn.Module
@@ -127,24 +140,60 @@ class FusionModel(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> FusionModel:
-        """Load a directory written by `save_pretrained`, in eval mode."""
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> FusionModel:
+        """Load a directory written by `save_pretrained` (or a training checkpoint), in eval mode.
+
+        The modules are allocated on `device` in `dtype` (default: the saved dtypes, on CPU) without any random
+        initialisation, then filled from the safetensors file(s): one `model.safetensors`, or the
+        `model-XXXXX-of-YYYYY.safetensors` shards written by torch distributed checkpoint.
+        """
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"FUSION checkpoint {str(directory)!r} has no {CONFIG_FILE}")
         config = FusionConfig.from_json(config_path)
+        if dtype is not None:
+            name = str(dtype).removeprefix("torch.")
+            torch_dtype(name)  # fails early on a name that is not a dtype
+            config.language_model.dtype = config.vision_tower.dtype = name
         tokenizer_dir = directory / TOKENIZER_DIR
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir.is_dir() else None
-        model = cls(
-            config,
-            load_language_model(config.language_model, "random"),
-            load_vision_tower(config.vision_tower, "random"),
-            tokenizer,
-        )
-        safetensors.torch.load_model(model, directory / WEIGHTS_FILE, strict=True)
+        device = torch.device(device or "cpu")
+        with device, no_init_weights():
+            model = cls(
+                config,
+                load_language_model(config.language_model, "empty"),
+                load_vision_tower(config.vision_tower, "empty"),
+                tokenizer,
+            )
+        model.load_weights(weight_files(directory), device)
         logger.info("FUSION model %r loaded from %s", config.name, directory)
         return model.eval()  # like Hugging Face from_pretrained: call .train() to fine-tune
+
+    def load_weights(self, files: Sequence[Path], device: torch.device) -> None:
+        """Fill every parameter and persistent buffer from safetensors files (shared tensors such as tied
+        embeddings are stored once); anything missing or unexpected is an error."""
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            state.update(safetensors.torch.load_file(file, device=str(device)))
+        own = self.state_dict()
+        for name, tensor in state.items():
+            if name in own and own[name].dtype != tensor.dtype:
+                state[name] = tensor.to(own[name].dtype)
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        shared = _shared_names(self)
+        missing = [name for name in missing if not (shared.get(name, set()) & state.keys())]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"FUSION weights in {[str(f) for f in files]} do not match the config: missing {missing[:8]}, "
+                f"unexpected {unexpected[:8]}"
+            )
 
     def save_pretrained(self, directory: str | Path) -> None:
         """config.json (with the backbone architectures inlined), model.safetensors, and the tokenizer."""
@@ -250,8 +299,15 @@ class FusionModel(nn.Module):
             logger.info("%s: %s %s (%s parameters)", reason, name, state, f"{sum(p.numel() for p in params):,}")
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute decoder and ViT blocks in backward (active in training mode). The CARD hooks stay outside
-        the recomputed block forward, so they run once per step."""
+        """Recompute decoder and ViT blocks in backward (active in training mode).
+
+        CARD relies on a transformers behaviour that is asserted here: a `GradientCheckpointingLayer` checkpoints
+        its `forward`, not `__call__`, so module hooks (CARD's, FSDP2's) stay outside the recomputed region and
+        run once per step. If a transformers release checkpointed `__call__`, the recompute in backward would run
+        without the CARD context and silently give wrong gradients."""
+        if self.card is not None:
+            for layer in self.card.attached_layers:
+                check_hooks_outside_checkpoint(layer)
         for backbone in (self.language_model, self.vision.tower):
             if hasattr(backbone, "activation_checkpointing_enable"):
                 backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -259,20 +315,29 @@ class FusionModel(nn.Module):
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # -- forward --------------------------------------------------------------------------------------------------
-    def forward(self, batch: FusionBatch) -> FusionOutput:
+    def forward(self, batch: FusionBatch, *, loss_chunk_tokens: int | None = None) -> FusionOutput:
+        """Logits and, with labels, the loss. With `loss_chunk_tokens` the LM loss is computed from the final
+        hidden states in chunks of that many supervised tokens and no logits are returned (training)."""
         compute_dsm = batch.labels is not None and self.config.dsm_weight > 0
         embeddings, card_context, dsm = self.prepare_inputs(batch, compute_dsm=compute_dsm)
+        chunked = loss_chunk_tokens is not None and batch.labels is not None
+        run = dict(inputs_embeds=embeddings, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                   use_cache=False)
         with self.card_context(card_context):
-            output = self.language_model(
-                inputs_embeds=embeddings,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            )
-        logits = output.logits
+            if chunked:
+                hidden = self.language_model.model(**run).last_hidden_state
+            else:
+                logits = self.language_model(**run).logits
         if batch.labels is None:
             return FusionOutput(logits=logits, loss=None, lm_loss=None, dsm_text=None, dsm_image=None)
-        lm_loss = causal_lm_loss(logits, batch.labels)
+        if chunked:
+            logits = None
+            lm_sum, count = chunked_cross_entropy_sum(
+                hidden, batch.labels, self.language_model.get_output_embeddings(), loss_chunk_tokens
+            )
+        else:
+            lm_sum, count = cross_entropy_sum(logits, batch.labels)
+        lm_loss = lm_sum / count
         loss = lm_loss if dsm is None else lm_loss + self.config.dsm_weight * dsm.total
         return FusionOutput(
             logits=logits,
@@ -280,6 +345,8 @@ class FusionModel(nn.Module):
             lm_loss=lm_loss,
             dsm_text=None if dsm is None else dsm.text,
             dsm_image=None if dsm is None else dsm.image,
+            lm_loss_sum=lm_sum,
+            num_supervised=count,
         )
 
     @contextlib.contextmanager
@@ -299,6 +366,7 @@ class FusionModel(nn.Module):
         then do text-only samples get a ViT pass, of their question alone.
         """
         embeddings = self.language_model.get_input_embeddings()(batch.input_ids)
+        uniform = self.uniform_execution and torch.is_grad_enabled()
         context = None
         rebuilt_questions: list[Reconstruction] = []
         rebuilt_patches: list[Reconstruction] = []
@@ -309,13 +377,58 @@ class FusionModel(nn.Module):
                 rebuilt_questions.append(features.rebuilt_question)
             if features.rebuilt_patches is not None:
                 rebuilt_patches.append(features.rebuilt_patches)
+        elif uniform:
+            embeddings, context = self._placeholder_vision_pass(embeddings, batch)
         if not compute_dsm:
             return embeddings, context, None
         text_only_question = self.rebuild_text_only_questions(batch)
         if text_only_question is not None:
             rebuilt_questions.append(text_only_question)
+        elif uniform:
+            embeddings = self._placeholder_text_pass(embeddings)
         dsm = dual_semantic_mapping_loss(rebuilt_questions, rebuilt_patches, device=embeddings.device)
         return embeddings, context, dsm
+
+    def _placeholder_vision_pass(
+        self, embeddings: torch.Tensor, batch: FusionBatch
+    ) -> tuple[torch.Tensor, CardContext | None]:
+        """A batch without images: run the image path on one blank image (and a one-token question) and add it
+        with zero weight; CARD gets a placeholder context so every interaction layer runs too."""
+        views, size = self.config.image.tile_grid**2 + 1, self.config.image.image_size
+        device = embeddings.device
+        latent_count = batch.latent_count or self.config.card.eval_latent_count
+        blank = dataclasses.replace(
+            batch,
+            pixel_values=torch.zeros(1, views, 3, size, size, device=device),
+            image_positions=torch.zeros(1, self.native_image_grid**2, dtype=torch.long, device=device),
+            image_grid=self.native_image_grid,
+            vit_text_ids=batch.input_ids[:1, :1],
+            vit_text_mask=torch.ones(1, 1, dtype=torch.bool, device=device),
+            latent_count=latent_count if self.card is not None else 0,
+        )
+        features = self.encode_images(blank, compute_dsm=False)
+        unused = features.image_tokens.sum()
+        context = None
+        if features.tile_map is not None:
+            unused = unused + features.tile_map.sum()
+            context = CardContext(
+                latent_positions=batch.latent_positions,
+                latent_rows=batch.latent_rows,
+                question_end_positions=batch.question_end_positions,
+                windows=latent_windows(features.tile_map, latent_count, self.config.card.window_size),
+                block_images=batch.latent_rows,
+                placeholder=True,
+            )
+        return embeddings + 0.0 * unused.to(embeddings.dtype), context
+
+    def _placeholder_text_pass(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """No text-only question to rebuild: run the DSM text pass on one token with zero weight."""
+        token = self.language_model.get_input_embeddings()(torch.zeros(1, 1, dtype=torch.long,
+                                                                       device=embeddings.device))
+        mask = torch.ones(1, 1, dtype=torch.bool, device=embeddings.device)
+        features = self.vision.encode_text(self.aux_projector(token), mask)
+        rebuilt = self.mm_projector(features.to(self.mm_projector[0].weight.dtype))
+        return embeddings + 0.0 * rebuilt.sum().to(embeddings.dtype)
 
     def _insert_image_features(
         self, embeddings: torch.Tensor, batch: FusionBatch, features: _ImageFeatures
@@ -539,3 +652,34 @@ class FusionModel(nn.Module):
             cut = next((index for index, token in enumerate(row) if token in stop_ids), len(row))
             answers.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return answers
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """`model.safetensors`, or the shards of a distributed checkpoint (`model-00001-of-00004.safetensors`, ...)."""
+    single = directory / WEIGHTS_FILE
+    if single.is_file():
+        return [single]
+    shards = sorted(directory.glob("model-*-of-*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"FUSION checkpoint {str(directory)!r} has no {WEIGHTS_FILE} nor safetensors shards")
+    return shards
+
+
+def _shared_names(module: nn.Module) -> dict[str, set[str]]:
+    """Parameter name -> the other names of the same tensor (tied embeddings)."""
+    by_tensor: dict[int, set[str]] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        by_tensor.setdefault(id(tensor), set()).add(name)
+    return {name: names - {name} for names in by_tensor.values() for name in names}
+
+
+def check_hooks_outside_checkpoint(layer: nn.Module) -> None:
+    """Fail unless `layer` checkpoints its `forward` (transformers' GradientCheckpointingLayer contract), so its
+    forward hooks run outside the recomputed region."""
+    forward = type(layer).forward
+    if not isinstance(layer, GradientCheckpointingLayer) or not hasattr(forward, "__wrapped__"):
+        raise RuntimeError(
+            f"{type(layer).__name__} is not a transformers GradientCheckpointingLayer whose `forward` is the "
+            "checkpointed function; gradient checkpointing could recompute CARD's hooks without their context. "
+            "Use a transformers 5.x release, or disable gradient checkpointing."
+        )

@@ -13,6 +13,10 @@ the token just before its answer (the last token of the assistant header). Text-
 and no latent blocks at all, but (with TUNE) the same ViT text as an image sample, for the DSM text term.
 Truncation drops whole trailing turns (or the tail of the first answer), so every kept latent block keeps its
 question end.
+
+Encoding runs in two steps so a data loader can tokenize before it decodes any image and before Q is drawn for a
+batch: `tokenize` (chat template + tokenizer, the costly text work, independent of Q and of the pixels) and
+`assemble` (vision blocks, latent slots and truncation for a given Q; plain list work).
 """
 
 from __future__ import annotations
@@ -49,6 +53,16 @@ class SequenceTooLongError(ValueError):
     """The sample cannot be truncated to `max_length` without losing its first question."""
 
 
+class LabelMaskError(ValueError):
+    """Supervised tokens are not exactly the answers: the chat template and the tokenizer disagree."""
+
+
+# End-of-turn / end-of-text tokens of the common chat families; any that the vocabulary has stops generation
+# (Llama-3.1 ends tool turns with <|eom_id|> and raw text with <|end_of_text|>, Phi-3 uses <|end|> and
+# <|endoftext|>, ChatML <|im_end|>).
+STOP_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|end|>", "<|endoftext|>")
+
+
 @dataclass
 class Turn:
     question: str
@@ -82,6 +96,20 @@ def parse_conversation(conversation: Conversation, for_generation: bool) -> tupl
     return system, turns
 
 
+def supervised_runs(input_ids: Sequence[int], labels: Sequence[int]) -> list[list[int]]:
+    """The contiguous spans of supervised tokens (one per answer, with its end-of-turn token)."""
+    runs: list[list[int]] = []
+    previous = False
+    for token, label in zip(input_ids, labels):
+        supervised = label != IGNORE_INDEX
+        if supervised:
+            if not previous:
+                runs.append([])
+            runs[-1].append(token)
+        previous = supervised
+    return runs
+
+
 def add_vision_tokens(tokenizer: PreTrainedTokenizerBase, config: SequenceConfig) -> int:
     """Add `<vision_start>` / `<vision_end>` as special tokens; returns how many were new."""
     tokens = [config.vision_start_token, config.vision_end_token]
@@ -97,6 +125,33 @@ class EncodedSample:
     question_ends: list[int]  # question-end position of each kept turn
     vit_text_ids: list[int]  # with TUNE, for every sample: image or text-only, one policy and cap
     pixel_values: torch.Tensor | None
+
+
+@dataclass
+class TokenizedConversation:
+    """A conversation rendered and tokenized, before any vision block is placed (independent of Q and pixels).
+
+    `pieces` alternates sentinel markers (`_SLOT`, `_ANSWER_OPEN`, `_ANSWER_CLOSE`) and token id lists, in the
+    order of the rendered chat template."""
+
+    pieces: list[str | list[int]]
+    vit_text_ids_per_turn: list[list[int]]  # each question's ViT text ids, already capped per turn
+    num_turns: int
+    for_generation: bool
+
+    @property
+    def num_supervised(self) -> int:
+        """Answer tokens plus one end-of-turn token per answer (before truncation)."""
+        count, in_answer = 0, False
+        for piece in self.pieces:
+            if piece == _ANSWER_OPEN:
+                in_answer = True
+            elif piece == _ANSWER_CLOSE:
+                in_answer = False
+                count += 1
+            elif in_answer:
+                count += len(piece)
+        return count
 
 
 @dataclass
@@ -151,7 +206,9 @@ class SequenceBuilder:
         return (rng or random).choice(self.config.card.latent_counts)
 
     def stop_token_ids(self) -> list[int]:
-        ids = {self.end_of_turn_id, self.tokenizer.eos_token_id}
+        """The template's end of turn, the tokenizer's eos, and every known stop token in the vocabulary."""
+        vocab = self.tokenizer.get_vocab()
+        ids = {self.end_of_turn_id, self.tokenizer.eos_token_id, *(vocab[t] for t in STOP_TOKENS if t in vocab)}
         return sorted(i for i in ids if i is not None)
 
     def encode(
@@ -163,13 +220,41 @@ class SequenceBuilder:
         for_generation: bool = False,
         max_length: int | None = None,
     ) -> EncodedSample:
+        tokenized = self.tokenize(conversation, has_image=image is not None, for_generation=for_generation)
+        sample = self.assemble(tokenized, has_image=image is not None, latent_count=latent_count,
+                               max_length=max_length)
+        if image is not None:
+            sample.pixel_values = self.image_processor(image)
+        return sample
+
+    def tokenize(self, conversation: Conversation, *, has_image: bool, for_generation: bool = False
+                 ) -> TokenizedConversation:
+        """Render the chat template and tokenize: the text half of `encode`, with no image and no Q."""
         system, turns = parse_conversation(conversation, for_generation)
-        has_image = image is not None
+        rendered = self._render(system, turns, for_generation, has_image=has_image)
+        split = _SENTINELS.split(rendered)
+        if split.count(_SLOT) != len(turns):
+            raise ValueError(
+                f"chat template {'(config)' if self.chat_template else 'of the tokenizer'} rendered "
+                f"{split.count(_SLOT)} user messages for {len(turns)} turns"
+            )
+        texts = [piece for piece in split if piece not in (_SLOT, _ANSWER_OPEN, _ANSWER_CLOSE)]
+        tokenized = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
+        pieces: list[str | list[int]] = [
+            piece if piece in (_SLOT, _ANSWER_OPEN, _ANSWER_CLOSE) else next(tokenized) for piece in split
+        ]
+        vit_texts = self._vit_text_ids_per_turn(turns) if self.config.use_tune else [[] for _ in turns]
+        return TokenizedConversation(pieces, vit_texts, len(turns), for_generation)
+
+    def assemble(self, tokenized: TokenizedConversation, *, has_image: bool, latent_count: int,
+                 max_length: int | None = None) -> EncodedSample:
+        """Place the vision blocks for Q = `latent_count` and truncate: the list half of `encode` (no pixels)."""
+        for_generation = tokenized.for_generation
         image_tokens = self.image_grid(for_generation) ** 2 if has_image else 0
         latents_per_turn = latent_count if has_image and self.config.use_card else 0
         if latents_per_turn:
             latent_side(latents_per_turn)  # rejects a Q that is not a perfect square
-        layout = self._layout(system, turns, image_tokens, latents_per_turn, for_generation)
+        layout = self._layout(tokenized, image_tokens, latents_per_turn)
         kept_turns = self._truncate(layout, max_length or self.config.sequence.max_length, for_generation)
         return EncodedSample(
             input_ids=layout.ids,
@@ -177,9 +262,35 @@ class SequenceBuilder:
             image_positions=layout.image_positions,
             latent_starts=layout.latent_starts[:kept_turns] if latents_per_turn else [],
             question_ends=layout.question_ends[:kept_turns],
-            vit_text_ids=self._vit_text_ids(turns[:kept_turns]) if self.config.use_tune else [],
-            pixel_values=self.image_processor(image) if has_image else None,
+            vit_text_ids=self._join_vit_texts(tokenized.vit_text_ids_per_turn[:kept_turns]),
+            pixel_values=None,
         )
+
+    def verify_label_masks(self) -> None:
+        """Raise `LabelMaskError` unless the supervised tokens of a probe conversation are exactly its answers,
+        each followed by the end-of-turn token, for an image and a text-only sample alike.
+
+        The classic silent failure of LLaVA-style trainers is a template/tokenizer mismatch that masks every label
+        (loss 0.0); run this once before training."""
+        probe = [
+            {"from": "human", "value": "<image>\nWhat colour is the ball?"},
+            {"from": "gpt", "value": "The ball is red."},
+            {"from": "human", "value": "And the box?"},
+            {"from": "gpt", "value": "Blue."},
+        ]
+        answers = ["The ball is red.", "Blue."]
+        end = self.tokenizer.decode([self.end_of_turn_id]) if self.end_of_turn_id is not None else ""
+        for has_image in (True, False):
+            sample = self.assemble(self.tokenize(probe, has_image=has_image), has_image=has_image,
+                                   latent_count=self.latent_count(for_generation=True))
+            runs = supervised_runs(sample.input_ids, sample.labels)
+            got = [self.tokenizer.decode(run, skip_special_tokens=False).strip() for run in runs]
+            expected = [answer + end for answer in answers]
+            if got != expected:
+                raise LabelMaskError(
+                    f"chat template and tokenizer disagree: the supervised tokens decode to {got!r}, expected "
+                    f"{expected!r} (has_image={has_image}); check sequence.chat_template"
+                )
 
     def collate(
         self,
@@ -290,23 +401,11 @@ class SequenceBuilder:
             messages, tokenize=False, add_generation_prompt=for_generation, **kwargs
         )
 
-    def _layout(
-        self, system: str | None, turns: list[Turn], image_tokens: int, latents_per_turn: int, for_generation: bool
-    ) -> _Layout:
-        rendered = self._render(system, turns, for_generation, has_image=image_tokens > 0)
-        pieces = _SENTINELS.split(rendered)
-        if pieces.count(_SLOT) != len(turns):
-            raise ValueError(
-                f"chat template {'(config)' if self.chat_template else 'of the tokenizer'} rendered "
-                f"{pieces.count(_SLOT)} user messages for {len(turns)} turns"
-            )
-        texts = [piece for piece in pieces if piece not in (_SLOT, _ANSWER_OPEN, _ANSWER_CLOSE)]
-        tokenized = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
-
+    def _layout(self, tokenized: TokenizedConversation, image_tokens: int, latents_per_turn: int) -> _Layout:
         layout = _Layout()
         turn = -1
         in_answer = supervise_end_of_turn = False
-        for piece in pieces:
+        for piece in tokenized.pieces:
             if piece == _SLOT:
                 turn += 1
                 self._insert_vision_blocks(layout, turn, image_tokens, latents_per_turn)
@@ -318,7 +417,7 @@ class SequenceBuilder:
                 supervise_end_of_turn = True
                 layout.turn_ends.append(len(layout.ids))
             else:
-                ids = next(tokenized)
+                ids = piece
                 if supervise_end_of_turn and ids:
                     layout.extend(ids[:1], supervised=True)  # the template's end-of-turn token ends the answer
                     layout.extend(ids[1:])
@@ -326,7 +425,7 @@ class SequenceBuilder:
                     supervise_end_of_turn = False
                 else:
                     layout.extend(ids, supervised=in_answer)
-        if for_generation:
+        if tokenized.for_generation:
             layout.question_ends.append(len(layout.ids) - 1)  # the prompt ends with the assistant header
         return layout
 
@@ -361,18 +460,49 @@ class SequenceBuilder:
         del layout.ids[cut:], layout.labels[cut:]
         return kept
 
-    def _vit_text_ids(self, turns: list[Turn]) -> list[int]:
+    def _vit_text_ids_per_turn(self, turns: list[Turn]) -> list[list[int]]:
+        """Each question's ids, capped per turn to its first `vit_text_max_tokens` tokens: a long question keeps
+        its start (where the question is asked), and one long turn cannot crowd out the others."""
+        cap = self.config.tune.vit_text_max_tokens
+        questions = [turn.question for turn in turns]
+        encoded = self.tokenizer(questions, add_special_tokens=False)["input_ids"] if questions else []
+        return [ids[:cap] for ids in encoded]
+
+    def _join_vit_texts(self, per_turn: list[list[int]]) -> list[int]:
+        """The ViT text of the kept turns under the configured policy and total cap (whole turns are dropped,
+        oldest first; the most recent question always stays)."""
         tune = self.config.tune
-        questions = [turn.question for turn in turns if turn.question]
+        if not self.config.use_tune:
+            return []
+        questions = [ids for ids in per_turn if ids]
         if tune.vit_text_policy == "last_question":
             questions = questions[-1:]
-        text = tune.vit_text_separator.join(questions)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-        # Keep the tail: the most recent question (the one being answered at inference) always survives the cap.
-        return ids[len(ids) - tune.vit_text_max_tokens :] if len(ids) > tune.vit_text_max_tokens else ids
+        separator = self._vit_separator_ids()
+        if tune.vit_text_max_total_tokens is not None:
+            while len(questions) > 1 and (
+                sum(map(len, questions)) + len(separator) * (len(questions) - 1) > tune.vit_text_max_total_tokens
+            ):
+                questions = questions[1:]
+        joined: list[int] = []
+        for index, ids in enumerate(questions):
+            joined += (separator if index else []) + ids
+        return joined
+
+    def _vit_separator_ids(self) -> list[int]:
+        if not hasattr(self, "_separator_ids"):
+            separator = self.config.tune.vit_text_separator
+            self._separator_ids = (
+                self.tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
+            )
+        return self._separator_ids
 
     def _detect_end_of_turn_id(self) -> int | None:
         rendered = self._render(None, [Turn("q", "a")], for_generation=False, has_image=False)
+        if _ANSWER_OPEN not in rendered or _ANSWER_CLOSE not in rendered:
+            raise LabelMaskError(
+                f"chat template {'(config)' if self.chat_template else 'of the tokenizer'} does not render the "
+                "assistant's message: no answer could ever be supervised"
+            )
         tail = rendered.split(_ANSWER_CLOSE, 1)[1]
         ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
         return ids[0] if ids else None

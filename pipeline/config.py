@@ -321,9 +321,9 @@ def stage_spec(config: RunConfig, stage_id: str) -> StageSpec:
 
 
 def import_plugins(modules: list[str]) -> None:
-    """Import plugin modules from sys.path or, as ``python -m`` would, the current directory."""
+    """Import plugin modules from the current directory first, as ``python -m`` would, then from sys.path."""
     if modules and os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
+        sys.path.insert(0, os.getcwd())
     for module in modules:
         try:
             importlib.import_module(module)

@@ -66,6 +66,7 @@ class RayExecutor:
 
         if not units:
             return
+        available_before = self._ray.available_resources()
         segments = plan_segments(self.config.stages)
         _configure_ray_data(len(segments) + 1)
         retries = self.config.faults.unit_retries
@@ -84,6 +85,8 @@ class RayExecutor:
                 yield outcome
         finally:
             self._remove_placement_groups()
+            dataset = None
+            _wait_for_release(available_before)
         locations = self.snapshot()["locations"]
         for unit in units:
             if unit.unit_id not in seen:
@@ -127,6 +130,30 @@ class RayExecutor:
     def close(self) -> None:
         self._remove_placement_groups()
         self._ray.kill(self.board)
+
+
+def _wait_for_release(available_before: dict[str, float], timeout: float = 60.0) -> None:
+    """Wait until the finished execution's actors have given their CPUs and GPUs back.
+
+    Ray Data lets its actors go by dropping references, so they may hold their reservations for a while; the
+    next round's pools (the same GPUs, a placement group) would otherwise wait for them, for ever if a
+    reference lingers.
+    """
+    import gc
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while True:
+        gc.collect()
+        now = ray.available_resources()
+        short = {k: v for k, v in available_before.items() if k in ("CPU", "GPU") and now.get(k, 0.0) < v - 1e-6}
+        if not short or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if short:
+        logger.warning("the last round's workers still hold %s after %.0f s", short, timeout)
 
 
 def _configure_ray_data(operators: int) -> None:

@@ -23,8 +23,8 @@ from pipeline.fileio import atomic_path, atomic_write_text, sha256_file
 from pipeline.layout import OutputLayout
 from pipeline.planning import SplitTarget, WorkUnit
 from pipeline.record import STATUS_REJECTED, canonical_json_text
-from pipeline.tables import REJECTS_SCHEMA, SCORE_PREFIX, conform, shard_schema
-from pipeline.tar_members import end_of_archive, read_members
+from pipeline.tables import REJECTS_SCHEMA, SCORE_PREFIX, conform, record_row, shard_schema
+from pipeline.tar_members import end_of_archive, member_bytes, read_members
 from pipeline.unit_writer import reason_kind
 
 SELECT_STAGE = "select"
@@ -211,3 +211,40 @@ def _score_means(table: pa.Table) -> dict[str, float]:
         if name.startswith(SCORE_PREFIX) and table.column(name).null_count < table.num_rows:
             means[name.removeprefix(SCORE_PREFIX)] = pc.mean(table.column(name)).as_py()
     return means
+
+
+def write_ready_shard(layout: OutputLayout, category: str, split: str, index: int,
+                      samples: list[tuple[dict[str, Any], dict[str, bytes]]]) -> dict[str, Any]:
+    """Write a shard of samples whose members are already encoded (``{"jpg": ..., "txt": ...}``; the JSON
+    member comes from the record), e.g. real data converted as it is: tar, parquet, empty rejects, stats last.
+    Every sample must have the same members."""
+    member_sets = {tuple(sorted(members)) for _, members in samples}
+    if len(member_sets) > 1:
+        raise ValueError(f"{category}/{split}-{index:05d}: samples have different members {sorted(member_sets)}")
+    tar_path = layout.shard_tar(category, split, index)
+    with atomic_path(tar_path) as temp:
+        body = bytearray()
+        for json_dict, members in samples:
+            files = {**members, "json": canonical_json_text(json_dict).encode("utf-8")}
+            for extension in sorted(files):
+                body += member_bytes(f"{json_dict['key']}.{extension}", files[extension])
+        body += end_of_archive(len(body))
+        temp.write_bytes(bytes(body))
+    score_names = sorted({entry["name"] for json_dict, _ in samples for entry in json_dict["scores"]})
+    rows = pa.Table.from_pylist([record_row(json_dict) for json_dict, _ in samples], schema=shard_schema(score_names))
+    parquet_path = layout.shard_parquet(category, split, index)
+    with atomic_path(parquet_path) as temp:
+        pq.write_table(rows, temp)
+    rejects_path = layout.rejects(category, split, index)
+    with atomic_path(rejects_path) as temp:
+        pq.write_table(REJECTS_SCHEMA.empty_table(), temp)
+    keys = [json_dict["key"] for json_dict, _ in samples]
+    image_format = next((e for e in ("jpg", "png", "webp") if e in next(iter(member_sets), ())), None)
+    stats = {"path": str(tar_path.relative_to(layout.root)), "category": category, "split": split, "index": index,
+             "count": len(keys), "first_key": keys[0] if keys else None, "last_key": keys[-1] if keys else None,
+             "rejected": 0, "reject_reasons": {}, "image_format": image_format, "sha256": sha256_file(tar_path),
+             "bytes": tar_path.stat().st_size, "parquet": str(parquet_path.relative_to(layout.root)),
+             "parquet_sha256": sha256_file(parquet_path), "rejects": str(rejects_path.relative_to(layout.root)),
+             "score_means": _score_means(rows)}
+    atomic_write_text(layout.shard_stats(category, split, index), json.dumps(stats, indent=2, sort_keys=True))
+    return stats

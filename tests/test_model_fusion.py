@@ -246,6 +246,16 @@ def test_freezing_components_is_logged_and_stops_their_gradients(tiny_model, cap
         tiny_model.set_trainable({"vit": False})
 
 
+def test_gradient_checkpointing_asserts_the_transformers_contract_card_relies_on(tiny_model, monkeypatch):
+    from model.fusion import check_hooks_outside_checkpoint
+
+    layer = tiny_model.card.attached_layers[0]
+    check_hooks_outside_checkpoint(layer)  # transformers 5: forward is the checkpointed function
+    monkeypatch.delattr(type(layer).forward, "__wrapped__")  # as if a release checkpointed __call__ instead
+    with pytest.raises(RuntimeError, match="GradientCheckpointingLayer"):
+        tiny_model.enable_gradient_checkpointing()
+
+
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_checkpoints):
     """The CARD hooks sit outside the checkpointed layer forward, so the recomputation cannot drop them."""
     results = []
@@ -255,12 +265,14 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_checkpoin
         if checkpointing:
             model.enable_gradient_checkpointing()
         mlp = model.language_model.model.layers[1].mlp
-        mlp_calls = []
+        mlp_calls, card_calls = [], []
         stock_forward = mlp.forward
         mlp.forward = lambda *args, **kwargs: mlp_calls.append(1) or stock_forward(*args, **kwargs)
+        model.card.layers[0].register_forward_hook(lambda *args: card_calls.append(1))
         output = model(training_batch(model))
         output.loss.backward()
         assert len(mlp_calls) == (2 if checkpointing else 1)  # the recomputation really happened
+        assert len(card_calls) == 1  # ... but not of the CARD hooks, which stay outside the checkpointed forward
         results.append((output.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
     (loss, grads), (checkpointed_loss, checkpointed_grads) = results
     assert torch.allclose(loss, checkpointed_loss)
@@ -273,3 +285,41 @@ def test_random_backbones_build_from_preset_architectures(tiny_checkpoints):
     model = FusionModel.from_config(config, weights="random")
     assert model.language_model.config.num_hidden_layers == 4 and len(model.vision.tower.encoder.layers) == 4
     assert torch.isfinite(model(training_batch(model)).loss)
+
+
+def test_from_pretrained_takes_dtype_and_device_and_never_fills_random_weights(tiny_model, tmp_path, monkeypatch):
+    tiny_model.save_pretrained(tmp_path / "fusion")
+    calls = []
+    for name in ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "xavier_uniform_"):
+        original = getattr(torch.nn.init, name)
+        monkeypatch.setattr(torch.nn.init, name,
+                            lambda *args, _original=original, _name=name, **kwargs: calls.append(_name)
+                            or _original(*args, **kwargs))
+    loaded = FusionModel.from_pretrained(tmp_path / "fusion", dtype="bfloat16", device="cpu")
+    assert calls == []  # no initialiser ran: the weights go straight from the file into the modules
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    original = tiny_model.state_dict()
+    assert all(torch.equal(original[k].to(torch.bfloat16), v) for k, v in loaded.state_dict().items())
+    FusionModel.from_config(tiny_model.config)  # the counting initialisers do run for a fresh model
+    assert calls
+
+
+def test_uniform_execution_runs_every_module_on_a_text_only_batch(tiny_model):
+    """DDP without find_unused_parameters and FSDP need the same modules on every rank, images or not."""
+    tiny_model.uniform_execution = True
+    batch = tiny_model.sequence_builder.collate([(None, TEXT_CONVERSATION)], latent_count=4)
+    calls: list[str] = []
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: calls.append(f"card{i}"))
+             for i, layer in enumerate(tiny_model.card.layers)]
+    plain = FusionModel.from_config(tiny_model.config)
+    plain.load_state_dict(tiny_model.state_dict())
+    output = tiny_model(batch)
+    for hook in hooks:
+        hook.remove()
+    output.loss.backward()
+    assert calls == ["card0", "card1"]
+    missing = [name for name, p in tiny_model.named_parameters() if p.grad is None]
+    assert missing == []  # the vision tower, projectors and interaction layers all got (zero-weighted) gradients
+    assert torch.allclose(output.loss, plain(batch).loss)  # and the loss is exactly what it is without them
+    assert tiny_model.vision.tower.embeddings.patch_embedding.weight.grad.abs().sum() == 0

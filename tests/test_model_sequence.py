@@ -64,8 +64,8 @@ def test_text_only_vit_text_is_what_the_same_conversation_gives_with_an_image(bu
     without_placeholder = [{**IMAGE_CONVERSATION[0], "value": "What colour is the ball?"}, *IMAGE_CONVERSATION[1:]]
     with_image = builder.encode(make_image(0), IMAGE_CONVERSATION, latent_count=4)
     text_only = builder.encode(None, without_placeholder, latent_count=4)
-    cap = builder.config.tune.vit_text_max_tokens
-    assert text_only.vit_text_ids == with_image.vit_text_ids and len(text_only.vit_text_ids) == cap  # policy, cap
+    assert text_only.vit_text_ids == with_image.vit_text_ids  # one policy and cap for both kinds of sample
+    cap = len(text_only.vit_text_ids)
 
     batch = builder.collate(
         [(None, without_placeholder), (make_image(1), SHORT_IMAGE_CONVERSATION), (None, TEXT_CONVERSATION)],
@@ -100,14 +100,41 @@ def test_truncation_keeps_whole_turns_and_their_latent_blocks(builder):
         builder.encode(make_image(0), IMAGE_CONVERSATION, latent_count=4, max_length=20)
 
 
-def test_vit_text_policy_is_the_same_for_training_and_generation_and_capped(builder):
+def test_vit_text_policy_is_the_same_for_training_and_generation_and_capped_per_turn(builder):
     training = builder.encode(make_image(0), IMAGE_CONVERSATION, latent_count=4)
     prompt = builder.encode(make_image(0), IMAGE_CONVERSATION[:3], latent_count=4, for_generation=True)
     assert training.vit_text_ids == prompt.vit_text_ids  # same human turns -> same ViT text
     cap = builder.config.tune.vit_text_max_tokens
-    joined = builder.tokenizer("What colour is the ball?\nHow many cubes are on the table?",
-                               add_special_tokens=False)["input_ids"]
-    assert len(joined) > cap and training.vit_text_ids == joined[-cap:]  # the most recent question survives
+
+    def ids(text):
+        return builder.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    first, second = ids("What colour is the ball?"), ids("How many cubes are on the table?")
+    assert len(first) + len(second) > cap  # together they exceed the per-turn cap; each alone does not
+    assert training.vit_text_ids == first + ids("\n") + second
+
+    long_question = "Which shape is larger, the circle or the square? " * 6
+    sample = builder.encode(make_image(0), [{"from": "human", "value": f"<image>\n{long_question}"},
+                                            {"from": "gpt", "value": "The circle."}], latent_count=4)
+    # a long question keeps its start (where it is asked), not its tail
+    assert sample.vit_text_ids == ids(long_question.strip())[:cap]
+    assert builder.tokenizer.decode(sample.vit_text_ids).startswith("Which shape is larger")
+
+
+def test_total_vit_text_cap_drops_the_oldest_whole_turns(tiny_checkpoints):
+    import dataclasses
+
+    from model.config import get_preset
+    from model.fusion import FusionModel
+
+    config = get_preset("fusion-tiny").with_sources(
+        language_model=str(tiny_checkpoints["llama"]), vision_tower=str(tiny_checkpoints["siglip"]),
+        tokenizer=str(tiny_checkpoints["tokenizer"]))
+    config = config.replace(tune=dataclasses.replace(config.tune, vit_text_max_total_tokens=17))
+    builder = FusionModel.from_config(config).sequence_builder
+    sample = builder.encode(make_image(0), IMAGE_CONVERSATION, latent_count=4)
+    second = builder.tokenizer("How many cubes are on the table?", add_special_tokens=False)["input_ids"][:16]
+    assert sample.vit_text_ids == second  # both turns do not fit in 17 tokens: only the most recent stays
 
 
 def test_generation_batch_is_left_padded_with_consistent_positions(builder):

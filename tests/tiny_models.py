@@ -146,3 +146,70 @@ SHORT_IMAGE_CONVERSATION = [
     {"from": "human", "value": "<image>\nDescribe the image concisely."},
     {"from": "gpt", "value": "A blue square sits left of a green circle."},
 ]
+
+
+# --- one tokenizer per chat-template family, built offline ---------------------------------------------------------
+
+# The Llama-3 / 3.1 template as released (without the tool and date preamble): headers, `| trim` on contents, BOS.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                         "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"]
+
+# The Phi-3 / 3.5 template as released: <|user|> / <|assistant|> roles, <|end|> after every message.
+PHI3_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and message['content'] %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+PHI3_SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
+def build_llama3_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    """A byte-level BPE with the Llama-3 special tokens and chat template (BOS, headers, <|eot_id|>)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=LLAMA3_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(CORPUS * 4, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>",
+                                      eos_token="<|eot_id|>", pad_token="<|reserved_special_token_0|>")
+    wrapped.add_special_tokens({"extra_special_tokens": LLAMA3_SPECIAL_TOKENS}, replace_extra_special_tokens=False)
+    wrapped.chat_template = LLAMA3_TEMPLATE
+    wrapped.save_pretrained(directory)
+    return wrapped
+
+
+def build_phi3_tokenizer(directory: Path):
+    """A SentencePiece BPE model trained locally, as Phi-3's Llama-style tokenizer with its chat template.
+
+    transformers 5 represents SentencePiece BPE tokenizers by their vocabulary and merges (Metaspace "▁", byte
+    fallback); they are read from the trained model through the sentencepiece API, which needs no protobuf (the
+    protobuf route breaks when another package pins an older protobuf runtime)."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    directory.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 4), model_prefix=str(directory / "spm"), vocab_size=420, model_type="bpe",
+        character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        user_defined_symbols=PHI3_SPECIAL_TOKENS, minloglevel=2,
+    )
+    processor = spm.SentencePieceProcessor(model_file=str(directory / "spm.model"))
+    vocab = {processor.id_to_piece(index): index for index in range(processor.get_piece_size())}
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=generate_merges(vocab), unk_token="<unk>", bos_token="<s>",
+                               eos_token="<|endoftext|>", pad_token="<unk>", legacy=False, add_bos_token=False)
+    tokenizer.add_special_tokens({"extra_special_tokens": PHI3_SPECIAL_TOKENS}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = PHI3_TEMPLATE
+    tokenizer.save_pretrained(directory / "tokenizer")
+    return tokenizer

@@ -1,0 +1,88 @@
+"""torchrun with 2 CPU processes on gloo: DDP on uneven shards where one rank gets only text-only samples, and FSDP2
+trained in two launches (stop, resume) matching the uninterrupted DDP run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train.conftest import image_samples, text_samples, write_sizes, write_tar
+from train.config import SourceSpec
+from train.loader import slot_shards
+from train.metrics import read_metrics
+from train.sources import resolve_sources
+
+REPO = Path(__file__).resolve().parents[2]
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+STEPS = 4
+COMMON = ["--config", "tiny", "--set", f"max_steps={STEPS}", "--set", "batch.global_batch=4",
+          "--set", "log.tensorboard=false", "--set", "checkpoint.every_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def mixed_shards(tmp_path_factory) -> Path:
+    """An image shard of 7 samples and a text-only shard of 3: with two ranks each reads one of them."""
+    root = tmp_path_factory.mktemp("mixed")
+    image = write_tar(root / "shards" / "image-00000.tar", image_samples("img", 7))
+    text = write_tar(root / "shards" / "text-00000.tar", text_samples("txt", 3))
+    write_sizes(root / "shards", [image, text], [7, 3])
+    return root / "shards"
+
+
+def torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "jobs.train", *args]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    (tmp / f"torchrun-{len(list(tmp.glob('torchrun-*')))}.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def test_ddp_and_fsdp2_on_two_processes(mixed_shards, tmp_path):
+    data = str(mixed_shards / "*.tar")
+    source = resolve_sources([SourceSpec(path=data)], seed=0)[0]
+
+    def text_rank(epoch: int) -> int:
+        """The rank the seeded shard split gives the text-only shard to (the loader's own function)."""
+        return next(rank for rank in (0, 1) if "text" in slot_shards(source, seed=0, epoch=epoch, slot=rank,
+                                                                      slots=2, resampled=False)[0][0].url)
+
+    ddp = tmp_path / "ddp"
+    torchrun([*COMMON, "--data", data, "--out", str(ddp), "--set", "strategy=ddp"], tmp_path)
+    state = json.loads((ddp / "checkpoints" / f"step-{STEPS:08d}" / "trainer_state.json").read_text())
+    assert state["step"] == STEPS and state["world_size"] == 2 and state["strategy"] == "ddp"
+    positions = state["loader"]
+    # 10 samples, global batch 4: 3 steps per epoch, so step 4 is the first of epoch 1, on both ranks alike
+    assert [(p["epoch"], p["batches"]) for p in positions] == [(1, 1), (1, 1)]
+    rank = text_rank(positions[0]["epoch"])
+    text_counts = positions[rank]["workers"]["0"]["counts"]
+    image_counts = positions[1 - rank]["workers"]["0"]["counts"]
+    assert text_counts.get("text_only_samples", 0) > 0 and "image_samples" not in text_counts  # text only
+    assert image_counts.get("image_samples", 0) > 0 and "text_only_samples" not in image_counts
+
+    fsdp = tmp_path / "fsdp"
+    torchrun([*COMMON, "--data", data, "--out", str(fsdp), "--set", "strategy=fsdp", "--stop-after", "2"], tmp_path)
+    halfway = fsdp / "checkpoints" / "step-00000002"
+    assert list(halfway.glob("model-*-of-*.safetensors")) and (halfway / "optimizer").is_dir()
+    torchrun([*COMMON, "--data", data, "--out", str(fsdp), "--set", "strategy=fsdp", "--resume", "latest"], tmp_path)
+
+    ddp_losses = [(r["step"], r["loss"]) for r in read_metrics(ddp / "metrics.jsonl")]
+    fsdp_losses = [(r["step"], r["loss"]) for r in read_metrics(fsdp / "metrics.jsonl")]
+    assert [s for s, _ in fsdp_losses] == [s for s, _ in ddp_losses] == list(range(1, STEPS + 1))
+    # the resumed FSDP run follows the uninterrupted DDP run: same batches, same updates up to float rounding
+    assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(ddp_losses, fsdp_losses))
+
+    from model.fusion import FusionModel
+
+    final = fsdp / "checkpoints" / f"step-{STEPS:08d}"
+    fsdp_model = FusionModel.from_pretrained(final)  # the DCP safetensors load for inference
+    ddp_model = FusionModel.from_pretrained(ddp / "checkpoints" / f"step-{STEPS:08d}")
+    for (name, a), (_, b) in zip(ddp_model.state_dict().items(), fsdp_model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-5), name

@@ -1,0 +1,94 @@
+"""Held-out evaluation: scoring rules, baselines of the same split, tables per category and question type, the run
+report, and `fusion run` end to end on a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from train.evaluate import EvalItem, add_baselines, held_out_items, item_kind, summarise
+from train.scoring import CAPTION, MULTIPLE_CHOICE, SHORT, YES_NO, option_letter, rouge_l, score
+
+
+def test_scoring_rules():
+    options = ["red", "blue", "green", "pink"]
+    assert option_letter("B", options) == "B" and option_letter("(C) green", options) == "C"
+    assert option_letter("green", options) == "C" and option_letter("purple", options) is None
+    assert score(MULTIPLE_CHOICE, "A.", "A", options) == 1.0 and score(MULTIPLE_CHOICE, "E", "A", options) == 0.0
+    assert score(YES_NO, "Yes, there is.", "yes", []) == 1.0 and score(YES_NO, "no", "yes", []) == 0.0
+    assert score(SHORT, "The Red.", "red", []) == 1.0 and score(SHORT, "dark red", "red", []) == 0.0
+    assert rouge_l("a red circle", "a red circle") == 1.0 and rouge_l("blue", "a red circle") == 0.0
+    assert 0 < rouge_l("a red square", "a red circle") < 1
+
+
+def test_kinds_come_from_metadata_or_the_question_format():
+    assert item_kind("What colour?\nA. red\nB. blue\nAnswer with the option's letter from the given choices "
+                     "directly.", "A", None) == (MULTIPLE_CHOICE, MULTIPLE_CHOICE, ["red", "blue"])
+    assert item_kind("Q?", "yes", {"question_type": "exists", "options": ""})[:2] == (YES_NO, "exists")
+    assert item_kind("Describe.", "A long caption of the scene.", {"question_type": "caption"})[0] == CAPTION
+    assert item_kind("What colour is the star?\nAnswer the question using a single word or phrase.", "red",
+                     {"question_type": "color_of_shape", "options": ""})[:2] == (SHORT, "color_of_shape")
+
+
+def item(category, question_type, kind, reference, options=(), prediction=""):
+    result = EvalItem("k", category, 0, question_type, kind, [{"from": "human", "value": "q"}], reference,
+                      list(options), None)
+    result.prediction = prediction
+    result.score = score(kind, prediction, reference, list(options))
+    return result
+
+
+def test_baselines_are_chance_and_the_majority_answer_of_the_same_split():
+    items = [item("Short", "color_of_shape", SHORT, answer, prediction=answer)
+             for answer in ["red", "red", "red", "blue"]]
+    items += [item("MC", "count_total", MULTIPLE_CHOICE, letter, "abcd", prediction="A") for letter in "AABC"]
+    add_baselines(items)
+    results = summarise(items)
+    rows = {row["category"]: row for row in results["categories"]}
+    assert rows["Short"]["chance"] == pytest.approx(0.5) and rows["Short"]["majority"] == pytest.approx(0.75)
+    assert rows["Short"]["model"] == 1.0 and rows["Short"]["margin"] == pytest.approx(0.25)
+    assert rows["MC"]["chance"] == pytest.approx(0.25) and rows["MC"]["majority"] == pytest.approx(0.5)
+    assert rows["MC"]["model"] == pytest.approx(0.5)
+    checks = {check["check"]: check for check in results["checks"]}
+    assert checks["colour questions (color_of_shape)"]["passed"] and not checks["multiple choice"]["passed"]
+
+
+def test_held_out_items_cover_every_family_and_question_type(small_dataset):
+    items = held_out_items(str(small_dataset), "test", None)
+    assert {i.category for i in items} == {"SynthColor", "SynthMultiChoice", "SynthConvShort"}
+    assert {i.kind for i in items if i.category == "SynthColor"} == {CAPTION}
+    assert {i.kind for i in items if i.category == "SynthMultiChoice"} == {MULTIPLE_CHOICE}
+    assert len({i.question_type for i in items}) > 5
+    for i in items:
+        assert i.prompt[-1]["from"] == "human" and i.prompt[0]["value"].startswith("<image>")
+        if i.kind == MULTIPLE_CHOICE:
+            assert i.reference in "ABCD" and len(i.options) in (2, 4)
+
+
+def test_fusion_run_trains_evaluates_and_reports(tmp_path, capsys):
+    from jobs.cli import main
+
+    out = tmp_path / "run"
+    args = ["run", "--config", "demo", "--out", str(out), "--no-ray", "--set", "dataset.unit_size=6",
+            "--set", "ray.progress=false", "--set", "categories={SynthColor: {train: 8, test: 3}, "
+            "SynthMultiChoice: {train: 8, test: 3}}", "--set", "train.base=tiny", "--set", "train.max_steps=2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "SynthMultiChoice" in printed and "check multiple choice" in printed
+    report = (out / "report.md").read_text()
+    assert "![training loss](loss_curve.png)" in report and (out / "loss_curve.png").stat().st_size > 1000
+    assert "| SynthColor | ROUGE-L F1 |" in report and "| SynthMultiChoice | accuracy (option letter) |" in report
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert {row["category"] for row in results["categories"]} == {"SynthColor", "SynthMultiChoice"}
+    for question_type in {row["question_type"] for row in results["question_types"]}:
+        assert f"| {question_type} |" in report  # every question type is in the report
+    assert (out / "dataset" / "manifest.json").is_file() and (out / "train" / "checkpoints" / "latest").is_file()
+    # rerunning resumes: nothing is synthesized or trained again, evaluation and report are redone
+    checkpoint = out / "train" / "checkpoints" / "step-00000002" / "model.safetensors"
+    written = checkpoint.stat().st_mtime_ns
+    assert main(args) == 0
+    from train.metrics import read_metrics
+
+    assert [r["step"] for r in read_metrics(out / "train" / "metrics.jsonl")] == [1, 2]
+    assert checkpoint.stat().st_mtime_ns == written

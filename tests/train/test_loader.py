@@ -1,0 +1,195 @@
+"""The shard loader: bad samples skipped and counted, thresholds at load time, sampling strategies, equal batches per
+slot on uneven shards, tokenization before decoding, and exact continuation from a saved position."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from tests.train.conftest import image_samples, text_samples, write_sizes, write_tar
+from train.config import DataSection, SourceSpec
+from train.loader import LoaderPosition, ShardLoader, slot_shards
+from train.sources import Shard, resolve_sources, select
+
+
+def make_loader(builder, path, *, micro_batch=2, batches=6, workers=0, rank=0, world=1, max_length=512, seed=0,
+                resampled=False, **source):
+    sources = resolve_sources([SourceSpec(path=str(path), **source)], seed)
+    data = DataSection(shuffle_buffer=8, shuffle_initial=2, num_workers=workers, prefetch_factor=2,
+                       resampled=resampled)
+    return ShardLoader(sources, builder, data, seed=seed, micro_batch=micro_batch, batches_per_epoch=batches,
+                       max_length=max_length, rank=rank, world_size=world)
+
+
+def keys_of(batches):
+    return [key for batch in batches for key in batch.keys]
+
+
+@pytest.fixture
+def builder(tiny_model):
+    return tiny_model.sequence_builder
+
+
+def test_corrupt_shard_bad_json_and_bad_image_are_skipped_and_counted(builder, tmp_path):
+    good = write_tar(tmp_path / "shards" / "good-00000.tar", image_samples("good", 6))
+    truncated = write_tar(tmp_path / "shards" / "cut-00000.tar", image_samples("cut", 6))
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) * 6 // 10])  # a shard cut off mid-write
+    broken = image_samples("mixed", 5)
+    broken[1]["json"] = b"{not json"
+    broken[3]["jpg"] = b"\xff\xd8 not an image"
+    mixed = write_tar(tmp_path / "shards" / "mixed-00000.tar", broken)
+    write_sizes(tmp_path / "shards", [good, truncated, mixed], [6, 6, 5])
+
+    loader = make_loader(builder, tmp_path / "shards" / "*.tar", batches=12)
+    batches = list(loader.epoch(0))
+    assert len(batches) == 12  # training never stopped
+    keys = set(keys_of(batches))
+    assert "mixed_00001" not in keys and "mixed_00003" not in keys
+    assert {"good_00000", "mixed_00000", "mixed_00004"} <= keys
+    counts = batches[-1].position.counts
+    assert counts["corrupt_shard"] >= 1 and counts["bad_json"] >= 1 and counts["bad_image"] >= 1
+    # the truncated shard's last sample lost its image member: rejected, never trained on as text-only
+    assert counts["missing_image"] >= 1 and "text_only_samples" not in counts
+    assert all(batch.batch.has_image.all() for batch in batches)
+
+
+def test_png_and_webp_members_decode_and_text_only_samples_have_no_pixels(builder, tmp_path):
+    png = write_tar(tmp_path / "s" / "png-00000.tar", image_samples("png", 3, fmt="PNG"))
+    webp = write_tar(tmp_path / "s" / "webp-00000.tar", image_samples("webp", 3, fmt="WEBP"))
+    text = write_tar(tmp_path / "s" / "text-00000.tar", text_samples("text", 3))
+    write_sizes(tmp_path / "s", [png, webp, text], [3, 3, 3])
+    loader = make_loader(builder, tmp_path / "s" / "*.tar", micro_batch=9, batches=2)
+    kinds = set()
+    for batch in loader.epoch(0):
+        has_image = batch.batch.has_image.tolist()
+        assert has_image == [not key.startswith("text") for key in batch.keys]
+        assert batch.batch.pixel_values.shape[0] == sum(has_image)
+        kinds |= {key.split("_")[0] for key in batch.keys}
+    assert kinds == {"png", "webp", "text"}
+
+
+def test_tokenization_comes_before_image_decoding(builder, tmp_path, monkeypatch):
+    samples = image_samples("ok", 4)
+    long = image_samples("long", 1)[0]
+    from tests.train.conftest import record_json
+
+    long["json"] = record_json("long_00000", "Cat", 0).replace(b"What colour", b"What colour " + b"really " * 200)
+    tar = write_tar(tmp_path / "s" / "a-00000.tar", [*samples, long])
+    write_sizes(tmp_path / "s", [tar], [5])
+    import train.loader as loader_module
+
+    opened = []
+    real_open = loader_module.Image.open
+    monkeypatch.setattr(loader_module.Image, "open", lambda data: opened.append(1) or real_open(data))
+    loader = make_loader(builder, tmp_path / "s" / "*.tar", micro_batch=4, batches=3, max_length=120)
+    batches = list(loader.epoch(0))
+    counts = batches[-1].position.counts
+    assert "long_00000" not in keys_of(batches) and counts["too_long"] >= 1
+    assert len(opened) == counts["image_samples"]  # the samples rejected on their text were never decoded
+
+
+def test_score_thresholds_are_applied_at_load_time(builder, tmp_path):
+    tar = write_tar(tmp_path / "s" / "a-00000.tar", image_samples("q", 10))  # rules/quality = i / 10
+    write_sizes(tmp_path / "s", [tar], [10])
+    loader = make_loader(builder, tmp_path / "s" / "*.tar", batches=6, min_scores={"rules/quality": 0.55})
+    batches = list(loader.epoch(0))
+    assert set(keys_of(batches)) == {f"q_{i:05d}" for i in range(6, 10)}
+    assert batches[-1].position.counts["below_threshold"] > 0
+
+
+def test_sampling_strategies_select_exact_positions():
+    shards = [Shard("a", 4), Shard("b", 3), Shard("c", 5)]
+    first = select(shards, "first:5", seed=0)
+    assert [s.keep for s in first] == [None, (0,), ()]
+    end = select(shards, "end:6", seed=0)
+    assert [s.keep for s in end] == [(), (2,), None]
+    random_pick = select(shards, "random:7", seed=3)
+    assert sum(s.selected for s in random_pick) == 7 and random_pick == select(shards, "random:7", seed=3)
+    assert random_pick != select(shards, "random:7", seed=4)
+    assert sum(s.selected for s in select(shards, "50%", seed=0)) == 6
+    assert sum(s.selected for s in select(shards, "first:25%", seed=0)) == 3
+    assert select(shards, "all", seed=0) == shards
+
+
+def test_every_slot_gets_the_same_batches_on_uneven_shards_and_shards_are_a_partition(builder, tmp_path):
+    sizes = [7, 2, 5, 1, 9]
+    tars = [write_tar(tmp_path / "s" / f"x-{i:05d}.tar", image_samples(f"x{i}", n)) for i, n in enumerate(sizes)]
+    write_sizes(tmp_path / "s", tars, sizes)
+    loaders = [make_loader(builder, tmp_path / "s" / "*.tar", batches=7, rank=rank, world=2) for rank in (0, 1)]
+    source = loaders[0].sources[0]
+    parts = [slot_shards(source, seed=0, epoch=0, slot=slot, slots=2, resampled=False)[0] for slot in (0, 1)]
+    assert sorted(s.url for part in parts for s in part) == sorted(s.url for s in source.shards)  # a partition
+    assert sum(s.count for s in parts[0]) != sum(s.count for s in parts[1])  # uneven on purpose
+    counts = [len(list(loader.epoch(0))) for loader in loaders]
+    assert counts == [7, 7]
+
+
+def test_fewer_shards_than_slots_split_by_sample(builder, tmp_path):
+    tar = write_tar(tmp_path / "s" / "one-00000.tar", image_samples("one", 8))
+    write_sizes(tmp_path / "s", [tar], [8])
+    seen = [set(keys_of(make_loader(builder, tmp_path / "s" / "*.tar", batches=2, rank=r, world=2).epoch(0)))
+            for r in (0, 1)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loader_resumed_from_a_position_continues_exactly(builder, tmp_path, workers):
+    tars = [write_tar(tmp_path / "s" / f"r-{i:05d}.tar", image_samples(f"r{i}", 5, start=0)) for i in range(3)]
+    write_sizes(tmp_path / "s", tars, [5, 5, 5])
+
+    def loader():
+        return make_loader(builder, tmp_path / "s" / "*.tar", batches=9, workers=workers)
+
+    uninterrupted = list(loader().epoch(0))
+    position = LoaderPosition(epoch=0, num_workers=workers)
+    first = loader().epoch(0, position)
+    for _ in range(5):  # an odd count: with two workers the next batch comes from worker 1
+        item = next(first)
+        position.consumed(item.worker, item.position)
+    del first
+    resumed = list(loader().epoch(0, LoaderPosition.from_dict(position.to_dict())))
+    assert [b.keys for b in resumed] == [b.keys for b in uninterrupted[5:]]
+    assert all(torch.equal(a.batch.input_ids, b.batch.input_ids) for a, b in zip(resumed, uninterrupted[5:]))
+    assert [b.batch.latent_count for b in resumed] == [b.batch.latent_count for b in uninterrupted[5:]]
+
+
+def test_fsspec_urls_and_manifest_completeness(builder, small_dataset, tmp_path):
+    url = f"file://{small_dataset}/data/SynthColor/train-*.tar"
+    loader = make_loader(builder, url, batches=2)
+    assert loader.sources[0].num_samples == 14  # counts from sizes.json beside the shards
+    assert len(list(loader.epoch(0))) == 2
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dataset, copy)
+    incomplete = copy / "data" / "SynthColor" / "train-00099.tar"
+    shutil.copy(copy / "data" / "SynthColor" / "train-00000.tar", incomplete)  # not in the manifest
+    sources = resolve_sources([SourceSpec(path=str(copy / "data" / "*" / "train-*.tar"))], seed=0)
+    assert str(incomplete) not in {s.url for s in sources[0].shards}
+    folder = resolve_sources([SourceSpec(path=str(copy), categories=["SynthColor"], split="test")], seed=0)
+    assert folder[0].num_samples == 5
+
+
+def test_a_source_that_selects_nothing_is_an_error(tmp_path):
+    from train.sources import DataSourceError
+
+    with pytest.raises(DataSourceError, match="matches no tar"):
+        resolve_sources([SourceSpec(path=str(tmp_path / "none-*.tar"))], seed=0)
+
+
+def test_resampled_mixture_draws_sources_in_proportion_to_their_weights(builder, tmp_path):
+    a = write_tar(tmp_path / "a" / "a-00000.tar", image_samples("a", 4))
+    b = write_tar(tmp_path / "b" / "b-00000.tar", image_samples("b", 4))
+    write_sizes(tmp_path / "a", [a], [4])
+    write_sizes(tmp_path / "b", [b], [4])
+    specs = [SourceSpec(path=str(a), weight=3.0), SourceSpec(path=str(b), weight=1.0)]
+    data = DataSection(shuffle_buffer=4, shuffle_initial=1, num_workers=0, resampled=True)
+    loader = ShardLoader(resolve_sources(specs, seed=0), builder, data, seed=0, micro_batch=8, batches_per_epoch=25,
+                         max_length=512)
+    keys = keys_of(loader.epoch(0))
+    share = sum(key.startswith("a") for key in keys) / len(keys)
+    assert len(keys) == 200 and 0.68 < share < 0.82  # 3:1 by weight, not 1:1 by size
+    again = keys_of(make_loader(builder, a, batches=2, resampled=False).epoch(0))
+    assert keys_of(loader.epoch(0)) == keys and again  # seeded: the same mixture every time

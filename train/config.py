@@ -1,0 +1,273 @@
+"""Typed training configuration, loaded from YAML presets `configs/train-<name>.yaml` with `--set a.b=value`.
+
+A preset may name another as `base:` (deep-merged underneath), like the synthesis configs. Validation errors name
+the file and the dotted field at fault. The resolved config is saved beside every run (`train_config.yaml`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PRESET_DIR = REPO_ROOT / "configs"
+PRESET_PREFIX = "train-"
+
+SAMPLING_PATTERN = re.compile(r"^(all|(first|end|random):\d+(\.\d+)?%?|\d+(\.\d+)?%)$")
+
+
+class TrainConfigError(ValueError):
+    """A training config that cannot be used; the message names the file and the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenizerTraining(Strict):
+    """Train a byte-level BPE tokenizer on the training text (for presets built from scratch, no weights)."""
+
+    vocab_size: int = Field(1024, ge=300)
+    max_samples: int = Field(20000, ge=1, description="Samples whose conversations the tokenizer is trained on")
+
+
+class ModelSection(Strict):
+    preset: str = Field(description="FUSION model preset (model.config.PRESETS), e.g. fusion-3b or fusion-cpu-small")
+    language_model: str | None = Field(None, description="LLM directory or Hub id (overrides the preset's source)")
+    vision_tower: str | None = Field(None, description="Vision tower directory or Hub id")
+    tokenizer: str | None = Field(None, description="Tokenizer directory or Hub id")
+    train_tokenizer: TokenizerTraining | None = None
+    init_from: str | None = Field(None, description="A FUSION checkpoint to start from (e.g. stage 1 for stage 1.5)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="FusionConfig fields by dotted name")
+    trainable: dict[str, bool] = Field(default_factory=dict, description="Component -> trained (default: all)")
+
+
+class SourceSpec(Strict):
+    """One source of a mixture: shards from a dataset folder, a glob, or fsspec URLs."""
+
+    name: str | None = None
+    path: str = Field(description="Dataset folder (with manifest.json), tar glob, or fsspec URL/glob")
+    split: str | None = Field("train", description="Split to read from a dataset folder (None: every split)")
+    categories: list[str] | None = Field(None, description="Categories of a dataset folder (None: all)")
+    weight: float = Field(1.0, gt=0, description="Mixture weight (samples are drawn in proportion)")
+    sampling: str = Field("all", description="all | first:N | end:N | random:N | N% (random) | first:N% ... (the paper's sampling_strategy)")
+    text_only: bool = Field(False, description="Train on the conversations only, ignoring any image")
+    min_scores: dict[str, float] = Field(default_factory=dict, description="score name -> minimum (load time)")
+    max_scores: dict[str, float] = Field(default_factory=dict, description="score name -> maximum (load time)")
+
+    @field_validator("sampling")
+    @classmethod
+    def _known_sampling(cls, value: str) -> str:
+        if not SAMPLING_PATTERN.match(value):
+            raise ValueError(f"sampling {value!r} must be all, first:N, end:N, random:N or N% (first:N% too)")
+        if value.endswith("%") and not 0 < float(value.split(":")[-1][:-1]) <= 100:
+            raise ValueError(f"sampling {value!r}: the percentage must be in (0, 100]")
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path
+
+
+class DataSection(Strict):
+    sources: list[SourceSpec] = Field(default_factory=list)
+    shuffle_buffer: int = Field(1000, ge=1, description="Samples held by the shuffle buffer of each worker")
+    shuffle_initial: int = Field(100, ge=1, description="Samples buffered before the first one is yielded")
+    resampled: bool = Field(False, description="Draw shards with replacement instead of seeded epoch shuffles")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
+    prefetch_factor: int = Field(4, ge=1)
+    min_scores: dict[str, float] = Field(default_factory=dict, description="Applied to every source")
+    max_scores: dict[str, float] = Field(default_factory=dict, description="Applied to every source")
+    max_bad_fraction: float = Field(0.5, ge=0, le=1, description="Stop when more samples than this are bad")
+
+
+class OptimSection(Strict):
+    lr: float = Field(2e-5, gt=0, description="LLM, projectors and interaction layers")
+    vision_lr: float | None = Field(None, gt=0, description="Vision tower (None: lr)")
+    component_lr: dict[str, float] = Field(default_factory=dict, description="Component -> lr override")
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a fraction of the peak lr")
+    max_grad_norm: float | None = Field(1.0, gt=0)
+
+
+class BatchSection(Strict):
+    global_batch: int = Field(256, ge=1, description="Samples per optimizer step over all ranks")
+    micro_batch: int = Field(8, ge=1, description="Samples per forward pass on one rank")
+
+    def accumulation(self, world_size: int) -> int:
+        per_step = self.micro_batch * world_size
+        if self.global_batch % per_step:
+            raise TrainConfigError(
+                f"batch.global_batch={self.global_batch} is not a multiple of batch.micro_batch={self.micro_batch} "
+                f"x {world_size} ranks"
+            )
+        return self.global_batch // per_step
+
+
+class CheckpointSection(Strict):
+    every_steps: int | None = Field(1000, ge=1, description="Save every N steps (None: only at the end)")
+    keep: int = Field(3, ge=1, description="Checkpoints kept (older ones are deleted)")
+
+
+class LogSection(Strict):
+    every_steps: int = Field(10, ge=1)
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class EvalSection(Strict):
+    split: str = "test"
+    batch_size: int = Field(32, ge=1)
+    max_samples_per_category: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(48, ge=1, description="For long answers and captions")
+    max_new_tokens_short: int = Field(8, ge=1, description="For short answers, yes/no and option letters")
+
+
+class TrainConfig(Strict):
+    name: str
+    seed: int = 0
+    stage: str | None = Field(None, description="Paper stage this preset follows (1, 1.5, 2), for the record")
+    model: ModelSection
+    data: DataSection = Field(default_factory=DataSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    batch: BatchSection = Field(default_factory=BatchSection)
+    epochs: float | None = Field(1.0, gt=0, description="Training length in epochs of the mixture (sizes.json)")
+    max_steps: int | None = Field(None, ge=1, description="Training length in optimizer steps (wins over epochs)")
+    max_length: int | None = Field(None, ge=16, description="Sequence cap (None: the model's sequence.max_length)")
+    precision: Literal["auto", "float32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA with fp32 master weights, float32 on CPU")
+    gradient_checkpointing: bool = False
+    deterministic: bool = Field(False, description="torch deterministic algorithms: bitwise-repeatable runs "
+                                "(CPU attention backward otherwise sums in thread order)")
+    loss_chunk_tokens: int = Field(4096, ge=1, description="Supervised tokens per cross-entropy chunk")
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    log: LogSection = Field(default_factory=LogSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _has_length(self) -> TrainConfig:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set epochs or max_steps")
+        return self
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * steps_per_epoch))
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (PRESET_DIR / f"{PRESET_PREFIX}{name_or_path}.yaml", PRESET_DIR / f"{name_or_path}.yaml"):
+        if candidate.is_file() and candidate.stem.startswith(PRESET_PREFIX):
+            return candidate
+    known = ", ".join(sorted(p.stem.removeprefix(PRESET_PREFIX) for p in PRESET_DIR.glob(f"{PRESET_PREFIX}*.yaml")))
+    raise TrainConfigError(f"training config {str(name_or_path)!r} is neither a file nor a preset (presets: {known})")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem.removeprefix(PRESET_PREFIX) for p in PRESET_DIR.glob(f"{PRESET_PREFIX}*.yaml"))
+
+
+def load_train_config(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    path = resolve_preset(name_or_path)
+    raw = _read_with_bases(path, seen=())
+    for override in overrides or []:
+        apply_override(raw, override)
+    return validate_train_config(raw, source=str(path))
+
+
+def train_config_from_section(section: dict[str, Any], source: str, overrides: list[str] | None = None
+                              ) -> TrainConfig:
+    """The `train:` section of a run config: a mapping that may name a preset as `base:`."""
+    raw = copy.deepcopy(section)
+    base = raw.pop("base", None)
+    if base is not None:
+        raw = _deep_merge(_read_with_bases(resolve_preset(base), seen=()), raw)
+    for override in overrides or []:
+        apply_override(raw, override)
+    return validate_train_config(raw, source=f"{source} (train section)")
+
+
+def validate_train_config(raw: dict[str, Any], source: str) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as error:
+        lines = [f"{source}: field '{'.'.join(str(p) for p in e['loc']) or '<root>'}': {e['msg']}"
+                 for e in error.errors()]
+        raise TrainConfigError("invalid training config\n  " + "\n  ".join(lines)) from None
+
+
+def save_train_config(config: TrainConfig, path: Path) -> None:
+    from pipeline.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise TrainConfigError(f"{path}: 'base' forms a cycle through {[str(p) for p in seen]}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise TrainConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _deep_merge(_read_with_bases(resolve_preset(base), seen + (path.resolve(),)), data)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply `a.b.0.c=value`; the value is parsed as YAML, list items are addressed by index."""
+    dotted, sep, text = override.partition("=")
+    if not sep or not dotted:
+        raise TrainConfigError(f"override {override!r} must look like key.path=value")
+    value = yaml.safe_load(text) if text else ""
+    parts = dotted.split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[_index(node, part, dotted)]
+        elif isinstance(node, dict):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise TrainConfigError(f"override {dotted!r}: cannot descend into {part!r}")
+    if isinstance(node, list):
+        node[_index(node, parts[-1], dotted)] = value
+    elif isinstance(node, dict):
+        node[parts[-1]] = value
+    else:
+        raise TrainConfigError(f"override {override!r}: {'.'.join(parts[:-1])} is not a mapping or list")
+
+
+def _index(node: list, part: str, dotted: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise TrainConfigError(f"override {dotted!r}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)

@@ -1,0 +1,254 @@
+"""Held-out evaluation: batched greedy generation on a held-out split, scored per category and per question type,
+next to the chance and majority-answer baselines of the same split.
+
+Every human/gpt pair of a held-out sample is one item: the prompt is the conversation up to that question (earlier
+turns with their true answers), the reference is the gpt answer. The kind of an item comes from the record's
+metadata when it names one (the procedural `qa` entries: question type, options, answer), else from the answer
+format the question asks for. Baselines, per (category, question type) group of the same split:
+  * chance: 1 / number of options (multiple choice), 1/2 (yes/no), 1 / distinct answers of the group (short);
+    for captions the ROUGE-L of a random other reference of the group;
+  * majority: always the group's most frequent answer (for captions, the constant caption that scores best
+    against the group).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from model.fusion import FusionModel
+from pipeline.fileio import atomic_write_text
+from pipeline.record import MULTIPLE_CHOICE_INSTRUCTION, SHORT_ANSWER_INSTRUCTION, SampleRecord
+from pipeline.planning import derive_seed
+from train.config import EvalSection, SourceSpec
+from train.loader import IMAGE_EXTENSIONS, shard_samples
+from train.scoring import (
+    CAPTION,
+    EXACT_KINDS,
+    LONG,
+    METRIC_NAMES,
+    MULTIPLE_CHOICE,
+    SHORT,
+    YES_NO,
+    normalize_answer,
+    parse_options,
+    rouge_l,
+    score,
+)
+from train.sources import list_shards
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "predictions.jsonl"
+RESULTS_FILE = "results.json"
+# The learning check of `fusion run`: the trained model must beat the better baseline by this many points here.
+CHECK_MARGIN = 0.10
+CHECKS = {"colour questions (color_of_shape)": lambda item: item.question_type == "color_of_shape",
+          "multiple choice": lambda item: item.kind == MULTIPLE_CHOICE}
+
+
+@dataclass
+class EvalItem:
+    key: str
+    category: str
+    turn: int
+    question_type: str
+    kind: str
+    prompt: list[dict[str, str]]
+    reference: str
+    options: list[str]
+    image: bytes | None = field(repr=False)
+    prediction: str = ""
+    score: float = 0.0
+    chance: float = 0.0
+    majority: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("image")
+        data["question"] = data.pop("prompt")[-1]["value"]
+        return data
+
+
+def item_kind(question: str, answer: str, qa: dict[str, Any] | None) -> tuple[str, str, list[str]]:
+    """(kind, question type, options) of one turn."""
+    options = [o for o in (qa or {}).get("options", "").split("|") if o] or parse_options(question)
+    question_type = (qa or {}).get("question_type", "")
+    if question_type == "caption":
+        kind = CAPTION
+    elif options or MULTIPLE_CHOICE_INSTRUCTION in question:
+        kind = MULTIPLE_CHOICE
+    elif normalize_answer(answer) in ("yes", "no"):
+        kind = YES_NO
+    elif SHORT_ANSWER_INSTRUCTION in question or len(answer.split()) <= 3:
+        kind = SHORT
+    else:
+        kind = LONG
+    return kind, question_type or kind, options
+
+
+def held_out_items(dataset: str, split: str, max_per_category: int | None) -> list[EvalItem]:
+    """Every question of the held-out split (the first `max_per_category` samples of each category)."""
+    items: list[EvalItem] = []
+    per_category: Counter = Counter()
+    for shard in list_shards(SourceSpec(path=dataset, split=split)):
+        for _, raw in shard_samples(shard, Counter()):
+            if "json" not in raw:
+                continue
+            record = SampleRecord.from_json_dict(json.loads(raw["json"]))
+            if max_per_category is not None and per_category[record.category] >= max_per_category:
+                continue
+            per_category[record.category] += 1
+            image = next((raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
+            qa_entries = record.metadata.get("qa", []) if isinstance(record.metadata, dict) else []
+            turns = record.conversations
+            for turn in range(len(turns) // 2):
+                question, answer = turns[2 * turn]["value"], turns[2 * turn + 1]["value"]
+                qa = qa_entries[turn] if turn < len(qa_entries) else None
+                kind, question_type, options = item_kind(question, answer, qa)
+                reference = qa["answer"] if qa and kind != CAPTION else answer
+                items.append(EvalItem(record.key, record.category, turn, question_type, kind,
+                                      turns[: 2 * turn + 1], reference, options, image))
+    if not items:
+        raise FileNotFoundError(f"no held-out sample of split {split!r} in {dataset}")
+    return items
+
+
+def add_baselines(items: list[EvalItem], seed: int = 0) -> None:
+    groups: dict[tuple[str, str], list[EvalItem]] = defaultdict(list)
+    for item in items:
+        groups[(item.category, item.question_type)].append(item)
+    for (category, question_type), group in sorted(groups.items()):
+        references = [item.reference for item in group]
+        if group[0].kind in (CAPTION, LONG):
+            rng = random.Random(derive_seed(seed, "chance", category, question_type))
+            constant = max(references, key=lambda r: sum(rouge_l(r, other) for other in references))
+            for index, item in enumerate(group):
+                others = [r for j, r in enumerate(references) if j != index] or references
+                item.chance = rouge_l(rng.choice(others), item.reference)
+                item.majority = rouge_l(constant, item.reference)
+            continue
+        normalized = [normalize_answer(r) for r in references]
+        most_common = Counter(normalized).most_common(1)[0][0]
+        distinct = len(set(normalized))
+        for item, answer in zip(group, normalized, strict=True):
+            if item.kind == MULTIPLE_CHOICE:
+                item.chance = 1 / max(1, len(item.options))
+            elif item.kind == YES_NO:
+                item.chance = 0.5
+            else:
+                item.chance = 1 / distinct
+            item.majority = float(answer == most_common)
+
+
+def fit_prompt(builder, prompt: list[dict[str, str]], has_image: bool) -> list[dict[str, str]]:
+    """The prompt with its oldest question/answer pairs dropped until it fits the model's max_length (the image
+    placeholder moves to the first question kept); the question itself is never cut."""
+    from model.sequence import SequenceTooLongError
+
+    latent_count = builder.latent_count(for_generation=True)
+    while True:
+        try:
+            builder.assemble(builder.tokenize(prompt, has_image=has_image, for_generation=True),
+                             has_image=has_image, latent_count=latent_count)
+            return prompt
+        except SequenceTooLongError:
+            if len(prompt) <= 1:
+                raise
+            first = prompt[2]["value"].replace("<image>\n", "").replace("<image>", "")
+            prompt = [{**prompt[2], "value": ("<image>\n" if has_image else "") + first}, *prompt[3:]]
+
+
+@torch.no_grad()
+def generate_answers(model: FusionModel, items: list[EvalItem], config: EvalSection, progress: bool = True) -> None:
+    model.eval()
+    order = sorted(range(len(items)), key=lambda i: (items[i].kind in (CAPTION, LONG), len(str(items[i].prompt))))
+    bar = tqdm(total=len(items), desc="evaluate", unit="question", disable=not progress)
+    for start in range(0, len(order), config.batch_size):
+        chunk = [items[i] for i in order[start : start + config.batch_size]]
+        long_answers = any(item.kind in (CAPTION, LONG) for item in chunk)
+        images = [Image.open(io.BytesIO(item.image)).convert("RGB") if item.image else None for item in chunk]
+        prompts = [fit_prompt(model.sequence_builder, item.prompt, item.image is not None) for item in chunk]
+        answers = model.generate(images, prompts,
+                                 max_new_tokens=config.max_new_tokens if long_answers else config.max_new_tokens_short)
+        for item, answer in zip(chunk, answers, strict=True):
+            item.prediction = answer
+            item.score = score(item.kind, answer, item.reference, item.options)
+        bar.update(len(chunk))
+    bar.close()
+
+
+def summarise(items: Sequence[EvalItem]) -> dict[str, Any]:
+    def row(group: Sequence[EvalItem], **labels: str) -> dict[str, Any]:
+        kinds = sorted({item.kind for item in group})
+        model_score = statistics.fmean(item.score for item in group)
+        chance = statistics.fmean(item.chance for item in group)
+        majority = statistics.fmean(item.majority for item in group)
+        return {**labels, "metric": " / ".join(METRIC_NAMES[k] for k in kinds), "n": len(group),
+                "model": model_score, "chance": chance, "majority": majority,
+                "margin": model_score - max(chance, majority)}
+
+    categories, question_types = defaultdict(list), defaultdict(list)
+    for item in items:
+        # a category mixing exact answers and captions is reported per kind of metric, never averaged across them
+        metric_group = "captions" if item.kind in (CAPTION, LONG) else "answers"
+        categories[(item.category, metric_group)].append(item)
+        question_types[(item.category, item.question_type)].append(item)
+    checks = []
+    for name, selects in CHECKS.items():
+        chosen = [item for item in items if selects(item)]
+        if chosen:
+            result = row(chosen, check=name)
+            result["passed"] = result["margin"] >= CHECK_MARGIN
+            checks.append(result)
+    return {
+        "categories": [row(group, category=c) for (c, _), group in sorted(categories.items())],
+        "question_types": [row(group, category=c, question_type=q) for (c, q), group in
+                           sorted(question_types.items())],
+        "checks": checks,
+        "check_margin": CHECK_MARGIN,
+        "items": len(items),
+        "exact_items": sum(item.kind in EXACT_KINDS for item in items),
+    }
+
+
+def evaluate(model: FusionModel | str | Path, dataset: str, out: Path, config: EvalSection, *, seed: int = 0,
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluate a model (or checkpoint folder) on the held-out split of `dataset`; writes predictions and results."""
+    if not isinstance(model, FusionModel):
+        model = FusionModel.from_pretrained(model)
+    items = held_out_items(dataset, config.split, config.max_samples_per_category)
+    add_baselines(items, seed)
+    logger.info("evaluating on %d held-out questions of %s (split %s)", len(items), dataset, config.split)
+    generate_answers(model, items, config, progress)
+    results = summarise(items)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / PREDICTIONS_FILE, "".join(json.dumps(item.record()) + "\n" for item in items))
+    atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2))
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The per-category table with its baselines, the learning checks, as plain text for the console."""
+    lines = [f"{'category':<22}{'metric':<26}{'n':>6}{'model':>8}{'chance':>8}{'majority':>9}{'margin':>8}"]
+    for row in results["categories"]:
+        lines.append(f"{row['category']:<22}{row['metric'][:25]:<26}{row['n']:>6}{row['model']:>8.1%}"
+                     f"{row['chance']:>8.1%}{row['majority']:>9.1%}{row['margin']:>+8.1%}")
+    for check in results["checks"]:
+        verdict = "PASS" if check["passed"] else "FAIL"
+        lines.append(f"check {check['check']}: model {check['model']:.1%} vs better baseline "
+                     f"{max(check['chance'], check['majority']):.1%} -> {check['margin']:+.1%} "
+                     f"(needs {results['check_margin']:+.0%}) {verdict}")
+    return "\n".join(lines)

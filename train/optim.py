@@ -1,0 +1,62 @@
+"""Optimizer parameter groups per FUSION component, AdamW, and the warmup + cosine schedule of the paper."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from model.fusion import FusionModel
+from train.config import OptimSection
+
+logger = logging.getLogger(__name__)
+
+
+def parameter_groups(model: FusionModel, optim: OptimSection) -> list[dict]:
+    """One group per trained component: the ViT at `vision_lr`, the rest at `lr`, unless `component_lr` says."""
+    components = model.components()
+    unknown = sorted(set(optim.component_lr) - set(components))
+    if unknown:
+        raise ValueError(f"optim.component_lr names unknown component(s) {unknown}; known: {sorted(components)}")
+    groups = []
+    for name, module in components.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            continue
+        if name in optim.component_lr:
+            lr = optim.component_lr[name]
+        elif name == "vision_tower" and optim.vision_lr is not None:
+            lr = optim.vision_lr
+        else:
+            lr = optim.lr
+        groups.append({"name": name, "params": params, "lr": lr, "weight_decay": optim.weight_decay})
+        logger.info("optimizer group %s: %s parameters at lr %.2e", name, f"{sum(p.numel() for p in params):,}", lr)
+    if not groups:
+        raise ValueError("no trainable parameter: every component is frozen (model.trainable)")
+    return groups
+
+
+def build_optimizer(model: FusionModel, optim: OptimSection) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, optim)
+    fused = all(p.is_cuda for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay,
+                             fused=fused or None)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
+    """Linear warmup from 0, then cosine (or constant) down to `min_ratio` of the peak at `total_steps`."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSection, total_steps: int
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = math.ceil(optim.warmup_ratio * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, optim.schedule, optim.min_lr_ratio)
+    )

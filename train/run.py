@@ -1,0 +1,75 @@
+"""The second half of `fusion run`: train on the synthesized shards, evaluate on the held-out ones, write the report.
+
+    OUT/dataset/   the synthesized dataset (shards, manifest, card)
+    OUT/train/     train_config.yaml, tokenizer/, checkpoints/, metrics.jsonl, tensorboard/
+    OUT/eval/      predictions.jsonl, results.json
+    OUT/report.md  loss curve, accuracy tables beside the baselines, learning checks, where everything is
+
+Rerunning resumes: complete shards are skipped, training continues from its latest checkpoint (a finished training
+is not redone), and evaluation and the report are written again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from train.config import TrainConfig, train_config_from_section
+from train.evaluate import evaluate, format_table
+from train.report import LOSS_CURVE, write_report
+from train.trainer import CONFIG_FILE, train
+
+logger = logging.getLogger(__name__)
+
+DATASET_DIR = "dataset"
+TRAIN_DIR = "train"
+EVAL_DIR = "eval"
+DEFAULT_TRAIN_SECTION = {"base": "demo"}
+
+
+@dataclass
+class RunOutcome:
+    report: Path
+    results: dict[str, Any]
+    checks_passed: bool
+
+
+def run_train_config(section: dict[str, Any] | None, source: str, overrides: list[str] | None = None
+                     ) -> TrainConfig:
+    return train_config_from_section(section or DEFAULT_TRAIN_SECTION, source, overrides)
+
+
+def train_and_evaluate(config: TrainConfig, dataset: Path, out: Path, *, synthesis_seconds: float | None = None,
+                       progress: bool = True) -> RunOutcome:
+    started = time.perf_counter()
+    result = train(config, out / TRAIN_DIR, data=str(dataset), resume="latest")
+    train_seconds = time.perf_counter() - started
+    eval_started = time.perf_counter()
+    results = evaluate(result.checkpoint, str(dataset), out / EVAL_DIR, config.eval, seed=config.seed,
+                       progress=progress)
+    eval_seconds = time.perf_counter() - eval_started
+    print(format_table(results))
+    summary = {
+        "training config": f"`{config.name}` (saved as `{out / TRAIN_DIR / CONFIG_FILE}`)",
+        "model": f"`{config.model.preset}` trained from scratch" if config.model.init_from is None
+        else f"`{config.model.preset}` from `{config.model.init_from}`",
+        "optimizer steps": f"{result.steps} of {result.total_steps} (global batch {config.batch.global_batch})",
+        "held-out questions": results["items"],
+        "training time": f"{train_seconds:.0f} s (this invocation)",
+        "evaluation time": f"{eval_seconds:.0f} s",
+    }
+    if synthesis_seconds is not None:
+        summary = {"synthesis time": f"{synthesis_seconds:.0f} s (this invocation)", **summary}
+    paths = {
+        "dataset": dataset, "dataset card": dataset / "README.md", "final checkpoint": result.checkpoint,
+        "metrics": result.metrics, "tensorboard": out / TRAIN_DIR / "tensorboard",
+        "predictions": out / EVAL_DIR / "predictions.jsonl", "results": out / EVAL_DIR / "results.json",
+        "loss curve": out / LOSS_CURVE,
+    }
+    report = write_report(out, results=results, paths=paths, summary=summary)
+    passed = all(check["passed"] for check in results["checks"])
+    print(f"report:  {report}")
+    return RunOutcome(report, results, passed)

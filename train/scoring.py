@@ -1,0 +1,89 @@
+"""Answer scoring for held-out evaluation: option letters, yes/no, exact match of short answers, ROUGE-L captions.
+
+Short answers use the VQA normalisation (lower case, punctuation and articles removed). Captions and long answers
+are scored with ROUGE-L F1 over words (longest common subsequence, Lin 2004), a standard caption metric that
+needs no reference corpus statistics, so every sample is scored on its own.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+MULTIPLE_CHOICE = "multiple_choice"
+YES_NO = "yes_no"
+SHORT = "short"
+CAPTION = "caption"
+LONG = "long"
+EXACT_KINDS = (MULTIPLE_CHOICE, YES_NO, SHORT)
+METRIC_NAMES = {MULTIPLE_CHOICE: "accuracy (option letter)", YES_NO: "accuracy (yes/no)",
+                SHORT: "accuracy (exact match)", CAPTION: "ROUGE-L F1", LONG: "ROUGE-L F1"}
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
+_OPTION_LINE = re.compile(r"^([A-Z])\.\s*(.+)$")
+_LETTER = re.compile(r"^\(?([A-Z])(?:[).:\s]|$)")
+
+
+def normalize_answer(text: str) -> str:
+    text = text.lower().translate(_PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def words(text: str) -> list[str]:
+    return text.lower().translate(_PUNCTUATION).split()
+
+
+def parse_options(question: str) -> list[str]:
+    """`A. red` lines of a multiple-choice question, in order."""
+    return [m.group(2).strip() for line in question.splitlines() if (m := _OPTION_LINE.match(line.strip()))]
+
+
+def option_letter(prediction: str, options: list[str]) -> str | None:
+    """The letter a prediction picks: a leading letter, or the text of one option."""
+    text = prediction.strip()
+    match = _LETTER.match(text)
+    if match and (not options or ord(match.group(1)) - ord("A") < len(options)):
+        return match.group(1)
+    normalized = normalize_answer(text)
+    for index, option in enumerate(options):
+        if normalize_answer(option) == normalized:
+            return string.ascii_uppercase[index]
+    return None
+
+
+def yes_no(text: str) -> str | None:
+    first = normalize_answer(text).split()[:1]
+    return first[0] if first and first[0] in ("yes", "no") else None
+
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    if not a or not b:
+        return 0
+    previous = [0] * (len(b) + 1)
+    for token in a:
+        current = [0]
+        for j, other in enumerate(b):
+            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    candidate, target = words(prediction), words(reference)
+    common = lcs_length(candidate, target)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(candidate), common / len(target)
+    return 2 * precision * recall / (precision + recall)
+
+
+def score(kind: str, prediction: str, reference: str, options: list[str]) -> float:
+    """1.0 / 0.0 for answers with one right form, ROUGE-L F1 in [0, 1] for captions and long answers."""
+    if kind == MULTIPLE_CHOICE:
+        return float(option_letter(prediction, options) == reference.strip())
+    if kind == YES_NO:
+        return float(yes_no(prediction) == yes_no(reference))
+    if kind == SHORT:
+        return float(normalize_answer(prediction) == normalize_answer(reference))
+    return rouge_l(prediction, reference)
