@@ -232,3 +232,33 @@ def test_run_wide_dedup_keeps_the_smallest_key_whatever_the_order_and_tops_up(lo
     # so the decision and the data are the same.
     synthesize(config(7), tmp_path / "b", use_ray=False)
     assert data_files(tmp_path / "a") == data_files(tmp_path / "b")
+
+
+def test_progress_is_counted_per_stage_in_samples(tmp_path):
+    from pipeline.executors import LocalExecutor
+    from pipeline.planning import plan_round, split_targets
+    from pipeline.synthesis import run_context
+
+    config = small_config(PLUGINS, "categories={SynthColor: {train: 12}}", stages(
+        "{name: test_reject_every, params: {every: 3}, resources: {batch_size: 2}}", "{name: rules}"))
+    units = plan_round(split_targets({"SynthColor": {"train": 12}}, 2.0), {}, 0, 5, 0)
+    executor = LocalExecutor(config, tmp_path, run_context(config), use_cache=True)
+    outcomes = list(executor.run(units))
+    state = executor.snapshot()
+    rejected = sum(o.stats["rejected"] for o in outcomes)
+    assert state["records"] == {"procedural_scene": 12, "test_reject_every": 12, "rules": 12, "writer": 12}
+    assert state["rejected"]["test_reject_every"] == rejected > 0 and state["rejected"]["rules"] == 0
+    assert state["locations"] == {u.unit_id: "rules" for u in units}  # the last stage each unit entered
+
+
+def test_the_index_refuses_a_key_found_in_two_shards(synth_output, tmp_path):
+    from pipeline.indexing import check_unique_keys, load_manifest
+    from pipeline.layout import OutputLayout
+
+    out = tmp_path / "copy"
+    shutil.copytree(synth_output, out)
+    shards = load_manifest(out)["shards"]
+    first, second = shards[0], shards[1]
+    shutil.copy(out / first["parquet"], out / second["parquet"])  # as if two shards held the same samples
+    with pytest.raises(ValueError, match=rf"sample key '.*' is in both {first['path']} and {second['path']}"):
+        check_unique_keys(OutputLayout(out), shards)
