@@ -11,7 +11,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.card.samples import read_samples
 from pipeline.tables import SCORE_PREFIX
 
 WRITER_STAGE = "writer"
@@ -46,6 +45,8 @@ class CategoryScores:
 
 def shown_samples(root: Path, manifest: dict[str, Any], per_category: int) -> dict[str, list[ShownSample]]:
     """Up to ``per_category`` accepted and as many rejected samples of each category."""
+    from pipeline.card.samples import read_samples  # the card package imports this module
+
     shown: dict[str, list[ShownSample]] = {}
     for category in categories(manifest):
         accepted: list[ShownSample] = []
