@@ -97,9 +97,12 @@ class MinHashDedup(GlobalStage):
     def signatures(self, records: list[SampleRecord], unit: UnitContext) -> list[bytes]:
         from datasketch import MinHash
 
+        p = self.params
+        # Permutations drawn once: making them is most of the cost of a fresh MinHash.
+        permutations = MinHash(num_perm=p.num_perm, seed=p.seed, scheme=MINHASH_SCHEME).permutations
         result = []
         for record in records:
-            minhash = MinHash(num_perm=self.params.num_perm, seed=self.params.seed, scheme=MINHASH_SCHEME)
+            minhash = MinHash(num_perm=p.num_perm, seed=p.seed, scheme=MINHASH_SCHEME, permutations=permutations)
             minhash.update_batch(shingles(source_text(record, self.params.source), self.params.shingle_words))
             result.append(minhash.hashvalues.astype(np.uint32).tobytes())
         return result
@@ -165,11 +168,11 @@ class ImageHashDedup(GlobalStage):
         p = self.params
         phash_bits = p.hash_size ** 2
         index = HammingIndex(phash_bits, p.max_distance)
-        colors: dict[str, np.ndarray] = {}
+        colors: dict[str, int] = {}
         removed = {}
         for key, signature in signatures:
-            bits = np.unpackbits(np.frombuffer(signature, dtype=np.uint8)).astype(bool)
-            phash, color = bits[:phash_bits], bits[phash_bits:]
+            bits = np.unpackbits(np.frombuffer(signature, dtype=np.uint8))
+            phash, color = _as_int(bits[:phash_bits]), _as_int(bits[phash_bits:])
             match = self._match(index, colors, phash, color)
             if match:
                 kind = "duplicate_image" if match[1] == 0 else "near_duplicate_image"
@@ -179,22 +182,25 @@ class ImageHashDedup(GlobalStage):
                 colors[key] = color
         return removed
 
-    def _match(self, index: HammingIndex, colors: dict[str, np.ndarray], phash: np.ndarray,
-               color: np.ndarray) -> tuple[str, int] | None:
+    def _match(self, index: HammingIndex, colors: dict[str, int], phash: int, color: int) -> tuple[str, int] | None:
         """The closest kept image within range whose colours agree too (pHash alone sees luminance only)."""
         limit = self.params.max_color_distance
         for label, distance in index.within(phash):
-            if limit is None or int(np.count_nonzero(colors[label] != color)) <= limit:
+            if limit is None or (colors[label] ^ color).bit_count() <= limit:
                 return label, distance
         return None
+
+
+def _as_int(bits: np.ndarray) -> int:
+    return int.from_bytes(np.packbits(bits).tobytes(), "big") >> ((-len(bits)) % 8)
 
 
 class EmbeddingParams(StageParams):
     model: str = Field(description="A model under `models:`: sentence_transformers for text, open_clip for text or images")
     source: Literal["image", "description", "caption", "seed_caption", "text", "qa", "conversation"] = "qa"
     threshold: float = Field(0.95, gt=-1, le=1, description="Cosine at or above which a sample is a near duplicate")
-    tables: int = Field(20, ge=1, le=64)
-    bits: int = Field(16, ge=4, le=32)
+    tables: int = Field(24, ge=1, le=64, description="LSH tables: more find more pairs near the threshold")
+    bits: int = Field(18, ge=4, le=32, description="Hyperplanes per table: more give fewer chance candidates")
     seed: int = 0
 
 
@@ -220,19 +226,33 @@ class EmbeddingDedup(GlobalStage):
         return [np.asarray(v, dtype=np.float16).tobytes() for v in vectors]
 
     def decide(self, signatures: Iterable[tuple[str, bytes]]) -> dict[str, str]:
-        p = self.params
         index = None
-        removed = {}
-        for key, signature in signatures:
-            vector = np.frombuffer(signature, dtype=np.float16).astype(np.float32)
-            norm = float(np.linalg.norm(vector))
-            vector = vector / norm if norm else vector
+        removed: dict[str, str] = {}
+        for keys, vectors in _chunks(signatures, CHUNK):
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms > 0, norms, 1)
             if index is None:
-                index = CosineLSHIndex(len(vector), p.threshold, p.tables, p.bits, p.seed)
-            codes = index.codes(vector)
-            match = index.nearest(vector, codes)
-            if match:
-                removed[key] = f"near_duplicate_{p.source}_embedding: cosine {match[1]:.3f} with {match[0]}"
-            else:
-                index.add(key, vector, codes)
+                index = CosineLSHIndex(vectors.shape[1], self.params.threshold, self.params.tables,
+                                       self.params.bits, self.params.seed)
+            for key, vector, codes in zip(keys, vectors, index.codes(vectors), strict=True):
+                match = index.nearest(vector, codes)
+                if match:
+                    removed[key] = f"near_duplicate_{self.params.source}_embedding: cosine {match[1]:.3f} with {match[0]}"
+                else:
+                    index.add(key, vector, codes)
         return removed
+
+
+CHUNK = 4096  # signatures turned into vectors and hashed together; the greedy walk stays one by one, in order
+
+
+def _chunks(signatures: Iterable[tuple[str, bytes]], size: int):
+    keys, rows = [], []
+    for key, signature in signatures:
+        keys.append(key)
+        rows.append(np.frombuffer(signature, dtype=np.float16))
+        if len(keys) == size:
+            yield keys, np.stack(rows).astype(np.float32)
+            keys, rows = [], []
+    if keys:
+        yield keys, np.stack(rows).astype(np.float32)

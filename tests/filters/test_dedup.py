@@ -89,16 +89,18 @@ def test_image_hash_finds_reencoded_copies_but_not_recoloured_scenes():
 
 def test_hamming_index_is_exact_within_the_distance():
     rng = np.random.default_rng(0)
-    codes = rng.integers(0, 2, (400, 64)).astype(bool)
-    index = HammingIndex(64, 6)
-    for i, code in enumerate(codes[:300]):
-        index.add(str(i), code)
-    for query in codes[300:]:
-        flipped = query.copy()
-        flipped[rng.choice(64, 6, replace=False)] ^= True
-        brute = sorted((int(np.count_nonzero(c != flipped)), i) for i, c in enumerate(codes[:300])
-                       if np.count_nonzero(c != flipped) <= 6)
-        assert index.within(flipped) == [(str(i), d) for d, i in brute]
+    for distance in (0, 1, 4, 6):
+        # Few distinct high bits, so many strings fall within the distance of each other.
+        codes = [int(rng.integers(0, 2**8)) << 56 | int(rng.integers(0, 2**8)) for _ in range(300)]
+        index = HammingIndex(64, distance)
+        for i, code in enumerate(codes[:200]):
+            index.add(str(i), code)
+        for query in codes[200:]:
+            for bit in rng.choice(64, distance, replace=False):
+                query ^= 1 << int(bit)
+            brute = sorted(((c ^ query).bit_count(), i) for i, c in enumerate(codes[:200])
+                           if (c ^ query).bit_count() <= distance)
+            assert index.within(query) == [(str(i), d) for d, i in brute]
 
 
 def test_cosine_lsh_finds_planted_near_duplicates_without_false_positives():
