@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from filters.near_index import CosineLSHIndex, HammingIndex
+from filters.near_index import CosineLSHIndex, hamming_pairs
 from filters.qa_verdicts import qa_pairs
 from pipeline.record import SampleRecord
 from pipeline.stage import GlobalStage, StageParams, UnitContext, register_stage
@@ -134,7 +134,7 @@ class ImageHashParams(StageParams):
     max_distance: int = Field(4, ge=0, le=32, description="Perceptual-hash bits that may differ (0: exact)")
     max_color_distance: int | None = Field(
         6, ge=0, description="Colour-hash bits that may differ too (pHash sees luminance only); null: ignore colour")
-    hash_size: int = Field(8, ge=4, le=32, description="pHash side: hash_size**2 bits")
+    hash_size: int = Field(8, ge=4, le=8, description="pHash side: hash_size**2 bits (at most 64)")
 
 
 def image_hash_bits(image: np.ndarray, hash_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,8 +149,8 @@ def image_hash_bits(image: np.ndarray, hash_size: int) -> tuple[np.ndarray, np.n
 
 @register_stage("dedup_image_hash")
 class ImageHashDedup(GlobalStage):
-    """Exact and near-duplicate images by perceptual hash (imagehash), searched exactly within
-    ``max_distance`` bits by multi-index hashing; the colour hash keeps recoloured scenes apart."""
+    """Exact and near-duplicate images by perceptual hash (imagehash), all pairs within ``max_distance``
+    bits found exactly by multi-index hashing; the colour hash keeps recoloured scenes apart."""
 
     Params = ImageHashParams
     params: ImageHashParams
@@ -167,28 +167,28 @@ class ImageHashDedup(GlobalStage):
     def decide(self, signatures: Iterable[tuple[str, bytes]]) -> dict[str, str]:
         p = self.params
         phash_bits = p.hash_size ** 2
-        index = HammingIndex(phash_bits, p.max_distance)
-        colors: dict[str, int] = {}
-        removed = {}
-        for key, signature in signatures:
+        keys, phashes, colors = [], [], []
+        for key, signature in signatures:  # 14 bytes a sample: all are held, and matched at once
             bits = np.unpackbits(np.frombuffer(signature, dtype=np.uint8))
-            phash, color = _as_int(bits[:phash_bits]), _as_int(bits[phash_bits:])
-            match = self._match(index, colors, phash, color)
+            keys.append(key)
+            phashes.append(_as_int(bits[:phash_bits]))
+            colors.append(_as_int(bits[phash_bits:]))
+        if phash_bits > 64:
+            raise ValueError(f"hash_size {p.hash_size} gives {phash_bits} bits; the index takes at most 64 (hash_size 8)")
+        later, earlier, distances = hamming_pairs(np.array(phashes, dtype=np.uint64), phash_bits, p.max_distance)
+        near: dict[int, list[tuple[int, int]]] = {}
+        for i, j, d in zip(later.tolist(), earlier.tolist(), distances.tolist(), strict=True):
+            if p.max_color_distance is None or (colors[i] ^ colors[j]).bit_count() <= p.max_color_distance:
+                near.setdefault(i, []).append((d, j))
+        removed: dict[str, str] = {}
+        kept = np.ones(len(keys), dtype=bool)
+        for i in sorted(near):  # key order: a sample goes if it is near one kept before it
+            match = min(((d, j) for d, j in near[i] if kept[j]), default=None)
             if match:
-                kind = "duplicate_image" if match[1] == 0 else "near_duplicate_image"
-                removed[key] = f"{kind}: phash distance {match[1]} with {match[0]}"
-            else:
-                index.add(key, phash)
-                colors[key] = color
+                kept[i] = False
+                kind = "duplicate_image" if match[0] == 0 else "near_duplicate_image"
+                removed[keys[i]] = f"{kind}: phash distance {match[0]} with {keys[match[1]]}"
         return removed
-
-    def _match(self, index: HammingIndex, colors: dict[str, int], phash: int, color: int) -> tuple[str, int] | None:
-        """The closest kept image within range whose colours agree too (pHash alone sees luminance only)."""
-        limit = self.params.max_color_distance
-        for label, distance in index.within(phash):
-            if limit is None or (colors[label] ^ color).bit_count() <= limit:
-                return label, distance
-        return None
 
 
 def _as_int(bits: np.ndarray) -> int:

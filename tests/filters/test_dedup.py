@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from filters.dedup import EmbeddingDedup, ExactTextDedup, ImageHashDedup, MinHashDedup, normalize_text
-from filters.near_index import CosineLSHIndex, HammingIndex
+from filters.near_index import CosineLSHIndex, hamming_pairs
 from filters.top_fraction import TopFraction
 from pipeline.record import SampleRecord
 from tests.stage_helpers import run_stages, unit_for
@@ -87,20 +87,20 @@ def test_image_hash_finds_reencoded_copies_but_not_recoloured_scenes():
     assert removed[records[7].key].endswith(records[4].key)  # JPEG and a brightness shift barely move a pHash
 
 
-def test_hamming_index_is_exact_within_the_distance():
+def test_hamming_pairs_are_exactly_the_pairs_within_the_distance():
     rng = np.random.default_rng(0)
     for distance in (0, 1, 4, 6):
-        # Few distinct high bits, so many strings fall within the distance of each other.
-        codes = [int(rng.integers(0, 2**8)) << 56 | int(rng.integers(0, 2**8)) for _ in range(300)]
-        index = HammingIndex(64, distance)
-        for i, code in enumerate(codes[:200]):
-            index.add(str(i), code)
-        for query in codes[200:]:
-            for bit in rng.choice(64, distance, replace=False):
-                query ^= 1 << int(bit)
-            brute = sorted(((c ^ query).bit_count(), i) for i, c in enumerate(codes[:200])
-                           if (c ^ query).bit_count() <= distance)
-            assert index.within(query) == [(str(i), d) for d, i in brute]
+        # Few distinct values in a few bits, so many codes fall within the distance of each other.
+        base = [int(rng.integers(0, 2**6)) << 50 | int(rng.integers(0, 2**6)) for _ in range(150)]
+        codes = []
+        for code in base:
+            for bit in rng.choice(64, int(rng.integers(0, distance + 2)), replace=False):
+                code ^= 1 << int(bit)
+            codes.append(code)
+        later, earlier, found = hamming_pairs(np.array(codes, dtype=np.uint64), 64, distance)
+        brute = {(i, j, (codes[i] ^ codes[j]).bit_count()) for i in range(len(codes)) for j in range(i)
+                 if (codes[i] ^ codes[j]).bit_count() <= distance}
+        assert set(zip(later.tolist(), earlier.tolist(), found.tolist())) == brute and brute
 
 
 def test_cosine_lsh_finds_planted_near_duplicates_without_false_positives():
