@@ -32,7 +32,8 @@ def scores_markdown(root: Path, manifest: dict[str, Any]) -> str:
     for category, scores in sorted(category_scores(root, manifest).items()):
         name = f"{HISTOGRAM_DIR}/{category}.png"
         if write_histogram(category, scores, root / name):
-            lines += ["", f"### Scores of {category}", "", f"![scores of {category}]({name})"]
+            # An HTML image (the Hub renders it): the card's markdown images are its sample rows.
+            lines += ["", f"### Scores of {category}", "", f'<img src="{name}" alt="scores of {category}" width="900">']
     lines += ["", "Every score is a `score/<name>` column of the shard parquets (CLIP scores are raw cosine "
               "similarities, not CLIPScore's 2.5x or 100x scale), so other thresholds can be applied without "
               "re-synthesis: `fusion reshard DIR --where 'EXPR' --out DIR2`."]
