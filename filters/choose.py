@@ -47,4 +47,8 @@ class ChooseImage(Stage):
             record.image = chosen.image
             record.candidates = []
             record.scores[f"{self.id}/chosen_index"] = float(best)
-            record.scores[self.params.score] = values[best]
+            # Every per-candidate score of the chosen image is also the record's own score of that name.
+            marker = f"/candidate_{best}/"
+            for name, value in list(record.scores.items()):
+                if marker in name:
+                    record.scores[name.replace(marker, "/", 1)] = value

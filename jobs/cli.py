@@ -79,7 +79,67 @@ def build_parser() -> argparse.ArgumentParser:
     from jobs.train_commands import add_train_commands
 
     add_train_commands(commands)
+    add_filter_commands(commands)
     return parser
+
+
+def add_filter_commands(commands) -> None:
+    """`fusion reshard`, `fusion inspect` and `fusion filter-eval` (filtering late, looking, measuring)."""
+    reshard = commands.add_parser("reshard", help="filter a dataset late by its scores into a new dataset")
+    reshard.add_argument("dir", type=Path, help="a dataset folder (the output of fusion synth or reshard)")
+    reshard.add_argument("--where", required=True,
+                         help="which samples to keep, e.g. \"clip_score/clip_cosine >= 0.28 and text/qa_turns >= 2\"")
+    reshard.add_argument("--out", required=True, type=Path, help="a new, empty folder")
+    reshard.set_defaults(handler=cmd_reshard)
+
+    inspect = commands.add_parser("inspect", help="a static HTML page of accepted and rejected samples and scores")
+    inspect.add_argument("dir", type=Path)
+    inspect.add_argument("--out", type=Path, default=None, help="the page (default: DIR/inspect/index.html)")
+    inspect.add_argument("--per-category", type=int, default=6, help="accepted and rejected samples shown of each")
+    inspect.set_defaults(handler=cmd_inspect)
+
+    evaluate = commands.add_parser("filter-eval", help="precision and recall of each filter on corrupted procedural data")
+    evaluate.add_argument("--config", default="filter-eval", help="preset or YAML: the generator and the filters")
+    add_override_argument(evaluate)
+    evaluate.add_argument("--per-family", type=int, default=40, help="clean samples of each category")
+    evaluate.add_argument("--seed", type=int, default=0, help="which samples and corruptions")
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    evaluate.set_defaults(handler=cmd_filter_eval)
+
+
+def cmd_reshard(args: argparse.Namespace) -> int:
+    from pipeline.reshard import reshard
+
+    manifest = reshard(args.dir, args.out, args.where)
+    info = manifest["reshard"]
+    print(f"dataset: {args.out} ({info['kept']:,} samples kept, {info['removed']:,} removed by --where)")
+    print(f"card:    {args.out / 'README.md'}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipeline.inspect import inspect_dataset
+
+    result = inspect_dataset(args.dir, args.out, args.per_category)
+    shown = sum(len(samples) for samples in result.shown.values())
+    print(f"page:          {result.page} ({shown} samples in {len(result.shown)} categories)")
+    if result.contact_sheet:
+        print(f"contact sheet: {result.contact_sheet}")
+    return 0
+
+
+def cmd_filter_eval(args: argparse.Namespace) -> int:
+    from filters.evaluation import evaluate_filters, format_table
+
+    config = load_config(args.config, args.overrides)
+    report = evaluate_filters(config, per_family=args.per_family, seed=args.seed)
+    print(format_table(report))
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"json: {args.json}")
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -53,7 +53,10 @@ def model_revision(path: str | None, revision: str | None = None) -> str:
 
 
 # Built-in backends, imported when first named; plugins register their own with @register_backend.
-BUILTIN_BACKENDS: dict[str, str] = {}
+BUILTIN_BACKENDS: dict[str, str] = {
+    "open_clip": "filters.clip_backend:OpenClipBackend",
+    "sentence_transformers": "filters.sentence_backend:SentenceBackend",
+}
 MODEL_BACKENDS: Registry[type[ModelBackend]] = Registry("model backend", BUILTIN_BACKENDS)
 
 B = TypeVar("B", bound=type[ModelBackend])

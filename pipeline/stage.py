@@ -156,6 +156,16 @@ BUILTIN_STAGES = {
     "procedural_scene": "generators.procedural.stage:ProceduralSceneStage",
     "rules": "filters.rules:RuleFilter",
     "choose_image": "filters.choose:ChooseImage",
+    "text_rules": "filters.text_rules:TextRuleFilter",
+    "qa_rules": "filters.qa_rules:QARuleVerifier",
+    "clip_score": "filters.image_scores:ClipScore",
+    "detail_score": "filters.image_scores:DetailScore",
+    "image_total": "filters.image_scores:ImageTotal",
+    "top_fraction": "filters.top_fraction:TopFraction",
+    "dedup_text": "filters.dedup:ExactTextDedup",
+    "dedup_minhash": "filters.dedup:MinHashDedup",
+    "dedup_image_hash": "filters.dedup:ImageHashDedup",
+    "dedup_embedding": "filters.dedup:EmbeddingDedup",
 }
 STAGES: Registry[type[Stage]] = Registry("stage", BUILTIN_STAGES)
 

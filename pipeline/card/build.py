@@ -15,6 +15,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from pipeline.card.samples import samples_markdown
 from pipeline.fileio import atomic_write_text
 from pipeline.indexing import load_manifest
+from pipeline.inspect.card_section import scores_markdown
 from pipeline.layout import OutputLayout
 from pipeline.planning import SPLITS
 
@@ -114,6 +115,7 @@ def _body(layout: OutputLayout, manifest: dict[str, Any], split_counts: dict[str
         "## How it was generated\n\n" + _generation(layout, manifest),
         "## Cost per stage\n\n" + _costs(manifest),
         "## Statistics per category\n\n" + _statistics(layout, manifest, split_counts),
+        "## Scores and filters\n\n" + scores_markdown(layout.root, manifest),
         "## Samples\n\n" + samples_markdown(layout.root, manifest),
         "## Loading\n\n" + _loading(manifest),
         "## Reproducing\n\n" + _reproducing(manifest),
