@@ -77,7 +77,7 @@ def test_tiny_models_run_end_to_end_on_ray_into_contract_valid_shards(local_ray,
 
 
 # A filter rejecting about a third of the samples forces top-up rounds on a model-backed config.
-TOP_UP = ["plugins=[tests.synthesis.plugin_stages]", "categories={SynthConvShort: {train: 12}}",
+TOP_UP = ["plugins=[tests.synthesis.plugin_stages]", "categories={SynthConvShort: {train: 12}}", "dataset.unit_size=6",
           "dataset.max_attempts_factor=4.0", "stages.4={name: test_reject_every, params: {every: 3}}"]
 
 
@@ -97,7 +97,8 @@ def test_top_up_yields_exactly_n_identically_across_runs_and_after_kill_and_resu
     assert counts["accepted"] == 12 and not first["counts"]["shortfalls"] and first["units"]["rounds"] > 1
     assert counts["main_reject_reasons"].get("test_reject_every: unlucky", 0) > 0
 
-    # The same config killed (SIGKILL, in its own process, no Ray) after some units, then resumed.
+    # The same config killed (SIGKILL, in its own process, no Ray) after some units, then resumed: the cache
+    # replays the calls of finished units and the rest are computed again, to the same bytes as the Ray run.
     config_file = tmp_path / "config.yaml"
     save_config(top_up_config(tiny_synthesis_models), config_file)
     out = tmp_path / "killed"
@@ -115,6 +116,6 @@ def test_top_up_yields_exactly_n_identically_across_runs_and_after_kill_and_resu
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert 2 <= completed_units(out) < first["units"]["planned"]
-    resumed = synthesize(top_up_config(tiny_synthesis_models), out).manifest
+    resumed = synthesize(top_up_config(tiny_synthesis_models), out, use_ray=False).manifest
     assert resumed["counts"]["accepted"] == 12
     assert data_files(out) == data_files(reference)
