@@ -1,11 +1,12 @@
 """JSON-schema constrained decoding for the transformers backend, with xgrammar.
 
-Why xgrammar (measured on this machine with the tiny Llama and with SmolLM2-135M's real tokenizer; see the
-README's "Model-backed synthesis"): it compiles a schema once into a token mask computed in C++, supports
-one grammar per row of a batch, is the default structured-output backend of vLLM (one behaviour for both
-LLM backends), and installs as a wheel. outlines 1.3 builds a regex index per schema in Rust and worked too,
-but its first compile of a nested schema took seconds; lm-format-enforcer 0.11 does not import with
-transformers 5 and walks a Python character trie per token.
+Why xgrammar (measured here by ``benchmarks/structured_output_libraries.py`` on the tiny Llama's byte-level
+BPE and SmolLM2-135M's real 49k-token BPE): tokenizer preparation 0.002 s / 0.23 s and schema compile
+0.002 s / 0.02 s; it computes the token mask in C++, keeps one matcher per row of a batch, and is vLLM's
+default structured-output backend, so both LLM backends constrain the same way. outlines-core worked too
+(0.44 s preparation and 0.24 s per schema on SmolLM2) but builds a regex index per schema with no per-row
+matcher API of its own in transformers 5; lm-format-enforcer 0.11.3 fails to import its transformers
+integration with transformers 5 (ImportError) and walks a Python character trie per token.
 
 Constraints give the structure, not the content: the stage still parses strictly and validates the object,
 then retries. String length keywords are left to that validation: xgrammar 0.2.8 compiles a string with

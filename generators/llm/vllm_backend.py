@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from generators.llm.chat import FINISH_LENGTH, FINISH_STOP, chat_result, error_result
+from generators.llm.constrained import decoding_schema
 from generators.llm.model_source import check_local_or_hub, resolve_model_path
 from pipeline.model_backend import ModelBackend, model_revision, register_backend
 from pipeline.stage import StageParams
@@ -76,7 +77,9 @@ class VLLMBackend(ModelBackend):
     def sampling_params(self, request: dict[str, Any]) -> Any:
         extra = {}
         if request.get("schema") and self.params.structured_output == "vllm":
-            extra["structured_outputs"] = self._structured(json=request["schema"])
+            # Without string length keywords, as for transformers (see generators.llm.constrained): vLLM's
+            # xgrammar otherwise admits raw control characters inside strings, which strict JSON rejects.
+            extra["structured_outputs"] = self._structured(json=decoding_schema(request["schema"]))
         return self._sampling(temperature=float(request["temperature"]), top_p=float(request["top_p"]),
                               max_tokens=int(request["max_new_tokens"]), seed=int(request["seed"]), **extra)
 

@@ -5,8 +5,6 @@ In the default suite the engine tests skip with the reason when vLLM cannot star
 
 import importlib.util
 import os
-from pathlib import Path
-
 import pytest
 
 from generators.llm.chat import FINISH_LENGTH, FINISH_STOP, Sampling, chat_request
@@ -28,11 +26,10 @@ def test_without_vllm_the_error_names_the_install_command():
 def tiny_llm_dir(tmp_path_factory):
     if not HAS_VLLM:
         pytest.skip("vLLM is not installed (make test-vllm runs these tests with the CPU build)")
-    if os.environ.get("FUSION_TINY_MODELS"):  # make test-vllm builds them with the main venv
-        return Path(os.environ["FUSION_TINY_MODELS"]) / "llm"
     from generators.tiny_models import build_tiny_llm
 
-    return build_tiny_llm(tmp_path_factory.mktemp("vllm_tiny") / "llm")
+    # Head dim 64: vLLM's CPU attention rejects the default tiny model's 16 ("Unsupported CPU attention").
+    return build_tiny_llm(tmp_path_factory.mktemp("vllm_tiny") / "llm", hidden_size=128, num_attention_heads=2)
 
 
 def start_engine(path, structured_output):
@@ -58,6 +55,7 @@ def vllm_engine(tiny_llm_dir):
 def test_vllm_batched_chat_is_seeded_and_reports_finish_and_tokens(vllm_engine):
     sampled = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=16)
     alone = vllm_engine.chat([chat_request(MESSAGES, 7, sampled)])[0]
+    assert alone["error"] is None and alone["completion_tokens"] > 0, alone
     batch = vllm_engine.chat([chat_request(MESSAGES, 1, sampled), chat_request(MESSAGES, 7, sampled)])
     assert batch[1]["text"] == alone["text"] and batch[0]["text"] != alone["text"]
     cut = vllm_engine.chat([chat_request(MESSAGES, 3, Sampling(temperature=1.0, top_p=1.0, max_new_tokens=4))])[0]
@@ -90,4 +88,4 @@ def test_vllm_structured_output_or_the_parse_path(vllm_engine):
         assert all(r["parsed"] is None for r in results)
         pytest.xfail(f"structured outputs fail on this vLLM build: {errors[0][:200]}")
     finished = [r for r in results if r["finish_reason"] == FINISH_STOP]
-    assert finished and all(set(r["parsed"]) == {"caption"} for r in finished)
+    assert finished and all(set(r["parsed"] or ()) == {"caption"} for r in finished), [r["text"] for r in results]
