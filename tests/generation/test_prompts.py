@@ -117,7 +117,7 @@ def test_a_category_no_template_serves_is_a_config_error():
     with pytest.raises(ConfigError, match="no prompt template serves category 'SynthWeather'"):
         load_config("synth-tiny-models", ["categories={SynthWeather: {train: 2}}"])
     config = load_config("synth-tiny-models", ["categories={Colours: {train: 2}}",
-                                               "stages.1.params.families={Colours: SynthColor}",
                                                "stages.2.params.families={Colours: SynthColor}",
-                                               "stages.3.params.families={Colours: SynthColor}"])
-    assert family_of("Colours", config.stages[1].typed_params().families).name == "SynthColor"
+                                               "stages.3.params.families={Colours: SynthColor}",
+                                               "stages.4.params.families={Colours: SynthColor}"])
+    assert family_of("Colours", config.stages[2].typed_params().families).name == "SynthColor"

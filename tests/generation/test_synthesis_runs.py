@@ -78,7 +78,7 @@ def test_tiny_models_run_end_to_end_on_ray_into_contract_valid_shards(local_ray,
 
 # A filter rejecting about a third of the samples forces top-up rounds on a model-backed config.
 TOP_UP = ["plugins=[tests.synthesis.plugin_stages]", "categories={SynthConvShort: {train: 12}}", "dataset.unit_size=6",
-          "dataset.max_attempts_factor=4.0", "stages.4={name: test_reject_every, params: {every: 3}}"]
+          "dataset.max_attempts_factor=4.0", "stages.5={name: test_reject_every, params: {every: 3}}"]
 
 
 def top_up_config(models):
