@@ -12,6 +12,9 @@ from pipeline.stage import StageParams
 
 GOOD_DESCRIPTION = {"description": "A red ball rests on a wooden table beside two blue cubes."}
 GOOD_QAS = {"qas": [{"question": "What colour is the ball?", "answer": "red"}]}
+CONTRAST = {"left": "A black cat sleeps on a red sofa.", "right": "A white cat sleeps on a red sofa.",
+            "differences": ["the colour of the cat"]}
+CONTRAST_QAS = {"qas": [{"question": "What colour is the cat on the left?", "answer": "black"}]}
 # seed caption case word -> the description step's raw text and finish reason
 DESCRIPTION_CASES = {
     "good": (json.dumps(GOOD_DESCRIPTION), FINISH_STOP),
@@ -39,8 +42,12 @@ class ScriptedLLM(ModelBackend):
         for request in requests:
             (folder / f"call.{os.getpid()}.{os.urandom(4).hex()}").touch()
             user = request["messages"][-1]["content"]
-            if "Image description:" in user:  # the QA step
-                results.append(chat_result(json.dumps(GOOD_QAS), FINISH_STOP, 10, 10))
+            if "Image description:" in user or "Left image:" in user:  # the QA steps
+                answer = CONTRAST_QAS if "Left image:" in user else GOOD_QAS
+                results.append(chat_result(json.dumps(answer), FINISH_STOP, 10, 10))
+                continue
+            if "two images shown side by side" in user:  # a contrast pair from one seed
+                results.append(chat_result(json.dumps(CONTRAST), FINISH_STOP, 10, 10))
                 continue
             case = next((word for word in (*DESCRIPTION_CASES, "flaky") if f"case {word} " in user), "good")
             if case == "flaky":  # malformed the first time this prompt is seen, good afterwards

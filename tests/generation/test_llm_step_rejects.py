@@ -61,3 +61,42 @@ def test_each_bad_output_kind_is_rejected_with_its_own_reason(tmp_path, tiny_syn
     assert len(list((tmp_path / "calls").glob("call.*"))) == calls
     assert next(s for s in again.manifest["stages"] if s["stage"] == "llm_description")["cache"] == {
         "hits": 13, "misses": 0}
+
+
+def test_contrast_pairs_render_side_by_side_and_best_of_n_keeps_one_candidate(tmp_path, tiny_synthesis_models):
+    """Two descriptions from one seed, two panels per candidate composited, two candidates scored by the
+    filters' CLIP stage and one kept by choose_image; the QA names left or right."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.record import SampleRecord
+    from tests.synthesis.test_pipeline import tar_members
+
+    stages = ("[{name: seed_captions}, {name: llm_description, params: {model: llm,"
+              "   limits: {all: {description_min_words: 1}}}},"
+              " {name: diffusion_image, params: {model: diffusion, candidates: 2}},"
+              " {name: clip_score, id: clip, params: {model: clip}},"
+              " {name: choose_image, params: {score: clip/clip_cosine}},"
+              " {name: llm_qa, params: {model: llm}}, {name: rules}]")
+    config = load_config("synth-tiny-models", [
+        "ray.progress=false", "dataset.unit_size=3", "plugins=[tests.generation.scripted_llm]",
+        "categories={SynthContrastShort: {train: 3}}",
+        f"models.llm={{backend: test_scripted_llm, params: {{calls_dir: {tmp_path / 'calls'}}}}}",
+        f"models.diffusion.params.path={tiny_synthesis_models['diffusion']}",
+        f"models.clip={{backend: open_clip, params: {{model: 'local-dir:{tiny_synthesis_models['clip']}'}}}}",
+        f"stages={stages}"])
+    result = synthesize(config, tmp_path / "out", use_ray=False)
+    assert result.manifest["counts"]["accepted"] == 3
+    diffusion = next(s for s in result.manifest["stages"] if s["stage"] == "diffusion_image")
+    assert diffusion["cache"]["misses"] == 3 * 2 * 2  # records x candidates x panels
+    members = {k: v for tar in (tmp_path / "out/data").rglob("*.tar") for k, v in tar_members(tar).items()}
+    records = [SampleRecord.from_json_dict(json.loads(v)) for k, v in members.items() if k.endswith(".json")]
+    assert len(records) == 3
+    for record in records:
+        image = np.asarray(Image.open(io.BytesIO(members[f"{record.key}.png"])))
+        assert image.shape[0] == 32 and image.shape[1] > 64  # two 32 px panels side by side
+        assert record.metadata["image_seed"] in record.metadata["candidate_seeds"]
+        assert len(record.metadata["candidate_seeds"]) == 2
+        assert record.description.startswith("Left: ") and "left" in record.conversations[0]["value"]
