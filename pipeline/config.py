@@ -271,6 +271,14 @@ class RunConfig(Strict):
                     raise ValueError(f"stages.{index} ({spec.stage_id!r}) names model {name!r}; known: {known}")
         return self
 
+    @model_validator(mode="after")
+    def _stages_serve_categories(self) -> RunConfig:
+        problems = [problem for spec in self.stages
+                    for problem in spec.stage_class().category_problems(spec.typed_params(), list(self.categories))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def models_in_use(self) -> list[str]:
         used = {n for spec in self.stages for n in spec.stage_class().models_used(spec.typed_params())}
         return [name for name in self.models if name in used]

@@ -56,6 +56,9 @@ def model_revision(path: str | None, revision: str | None = None) -> str:
 BUILTIN_BACKENDS: dict[str, str] = {
     "open_clip": "filters.clip_backend:OpenClipBackend",
     "sentence_transformers": "filters.sentence_backend:SentenceBackend",
+    "transformers_llm": "generators.llm.transformers_backend:TransformersLLM",
+    "vllm": "generators.llm.vllm_backend:VLLMBackend",
+    "diffusers": "generators.diffusion.diffusers_backend:DiffusersBackend",
 }
 MODEL_BACKENDS: Registry[type[ModelBackend]] = Registry("model backend", BUILTIN_BACKENDS)
 

@@ -86,6 +86,12 @@ class Stage(ABC):
         model = getattr(params, "model", None)
         return [model] if isinstance(model, str) and model else []
 
+    @classmethod
+    def category_problems(cls, params: StageParams, categories: list[str]) -> list[str]:
+        """Why this stage cannot serve some of the run's categories, checked when the config loads (e.g. no
+        prompt template for a category); none by default."""
+        return []
+
     def fingerprint(self) -> dict[str, Any]:
         """What decides this stage's outputs besides its inputs: the cache key of its model calls."""
         models = {name: self.context.models.get(name) for name in self.models_used(self.params)}
@@ -166,6 +172,10 @@ BUILTIN_STAGES = {
     "dedup_minhash": "filters.dedup:MinHashDedup",
     "dedup_image_hash": "filters.dedup:ImageHashDedup",
     "dedup_embedding": "filters.dedup:EmbeddingDedup",
+    "seed_captions": "generators.seeds.stage:SeedCaptionStage",
+    "llm_description": "generators.stages.text:DescriptionStage",
+    "diffusion_image": "generators.stages.image:ImageStage",
+    "llm_qa": "generators.stages.qa:QAStage",
 }
 STAGES: Registry[type[Stage]] = Registry("stage", BUILTIN_STAGES)
 

@@ -1,0 +1,1 @@
+"""The model-backed synthesis stages: seed captions -> caption or description -> image -> QA."""
