@@ -59,24 +59,30 @@ class ClipScore(Filter):
     version = "1"
 
     def score_batch(self, records: list[SampleRecord], unit: UnitContext) -> list[dict[str, float]]:
-        model = unit.models[self.params.model]
-        requests, owners = [], []
+        pairs, owners = [], []
         for index, record in enumerate(records):
             text = record_text(record, self.params.text)
             for prefix, image in scored_images(record):
-                requests.append((record.seed, {"image": image, "text": text}))
+                pairs.append((record.seed, image, text))
                 owners.append((index, prefix))
-
-        def compute(missing: list[dict]) -> list[float]:
-            texts = list(dict.fromkeys(r["text"] for r in missing))
-            text_vectors = dict(zip(texts, model.call("embed_texts", texts), strict=True))
-            image_vectors = model.call("embed_images", [r["image"] for r in missing])
-            return [float(np.dot(v, text_vectors[r["text"]])) for v, r in zip(image_vectors, missing, strict=True)]
-
         scores: list[dict[str, float]] = [{} for _ in records]
-        for (index, prefix), cosine in zip(owners, unit.cache.map(requests, compute), strict=True):
+        for (index, prefix), cosine in zip(owners, clip_cosines(unit, self.params.model, pairs), strict=True):
             scores[index][f"{prefix}{CLIP_METRIC}"] = cosine
         return scores
+
+
+def clip_cosines(unit: UnitContext, model_name: str, pairs: list[tuple[int, np.ndarray, str]]) -> list[float]:
+    """Raw CLIP cosine of each (seed, image, text), through the shared model and the model-call cache (each
+    distinct text of a batch embedded once)."""
+    model = unit.models[model_name]
+
+    def compute(missing: list[dict]) -> list[float]:
+        texts = list(dict.fromkeys(r["text"] for r in missing))
+        text_vectors = dict(zip(texts, model.call("embed_texts", texts), strict=True))
+        image_vectors = model.call("embed_images", [r["image"] for r in missing])
+        return [float(np.dot(v, text_vectors[r["text"]])) for v, r in zip(image_vectors, missing, strict=True)]
+
+    return unit.cache.map([(seed, {"image": image, "text": text}) for seed, image, text in pairs], compute)
 
     def check(self, record: SampleRecord, scores: dict[str, float]) -> str | None:
         if self.params.min_cosine is None:

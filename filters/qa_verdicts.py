@@ -116,11 +116,16 @@ class QAVerifier(Stage):
     Params: ClassVar[type[StageParams]] = QAVerifierParams
 
     @abstractmethod
-    def judge(self, records: list[SampleRecord], unit: UnitContext) -> list[list[QAVerdict]]:
-        """One list of verdicts per record, one verdict per QA pair of its conversation."""
+    def judge(self, records: list[SampleRecord], unit: UnitContext) -> list[list[QAVerdict] | None]:
+        """One list of verdicts per record, one verdict per QA pair of its conversation; None for a record
+        the verifier rejected itself (e.g. a judge that gave no valid answer)."""
 
     def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
         for record, verdicts in zip(records, self.judge(records, unit), strict=True):
+            if verdicts is None:
+                if not record.is_rejected:
+                    raise RuntimeError(f"{self.id}: no verdicts for {record.key}, which it did not reject")
+                continue
             passed = sum(v.passed for v in verdicts)
             record.scores[f"{self.id}/qa_passed"] = float(passed)
             record.scores[f"{self.id}/qa_failed"] = float(len(verdicts) - passed)

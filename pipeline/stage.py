@@ -176,6 +176,9 @@ BUILTIN_STAGES = {
     "llm_description": "generators.stages.text:DescriptionStage",
     "diffusion_image": "generators.stages.image:ImageStage",
     "llm_qa": "generators.stages.qa:QAStage",
+    "llm_judge": "filters.judges:LLMJudge",
+    "vlm_judge": "filters.judges:VLMJudge",
+    "statement_score": "filters.judges:StatementScore",
 }
 STAGES: Registry[type[Stage]] = Registry("stage", BUILTIN_STAGES)
 

@@ -52,6 +52,7 @@ class Job:
     variables: dict[str, Any]
     schema: type[BaseModel]
     context: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # more request fields, e.g. the images of a VLM call
 
 
 @dataclass
@@ -140,6 +141,7 @@ class LLMStep(Stage):
         schema = job.schema.model_json_schema() if self.params.structured else None
         request = chat_request(job.template.messages(**job.variables), seed, self.params.sampling, schema)
         request["template"] = job.template.ref  # in the cache key; backends ignore it
+        request.update(job.extras)
         return seed, request
 
 

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from pydantic import Field
 
+from pipeline.model_backend import ModelBackend, register_backend
 from pipeline.record import ImageCandidate, SampleRecord
 from pipeline.stage import Stage, StageParams, UnitContext, register_stage
 
@@ -38,3 +39,59 @@ class Candidates(Stage):
             record.candidates = [ImageCandidate(record.seed + i, candidate)
                                  for i, candidate in enumerate((image, blurred, noisy))]
             record.image = None
+
+
+WRONG_ANSWER = "chartreuse"  # a colour no procedural scene has
+
+
+@register_stage("test_wrong_second_answer")
+class WrongSecondAnswer(Stage):
+    """Corrupts the answer of each record's second QA pair (its first when it has one)."""
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        for record in records:
+            turns = record.conversations
+            answer_turn = 3 if len(turns) >= 4 else 1
+            turns[answer_turn] = {**turns[answer_turn], "value": WRONG_ANSWER}
+
+
+class ScriptedJudgeParams(StageParams):
+    marker_dir: str
+    garble_every: int = Field(0, ge=0, description="Answer every n-th request with broken JSON (0: never)")
+
+
+@register_backend("test_scripted_judge")
+class ScriptedJudge(ModelBackend):
+    """A chat backend answering the judge and statement prompts by rule: an answer naming the planted wrong
+    colour is incorrect, every other is correct; a statement is the pair's question and answer joined.
+    It writes one marker file per request served, so a test can count model calls."""
+
+    Params = ScriptedJudgeParams
+    params: ScriptedJudgeParams
+
+    def chat(self, requests: list[dict]) -> list[dict]:
+        import json
+        import os
+        import re
+        from pathlib import Path
+
+        from generators.llm.chat import chat_result
+
+        folder = Path(self.params.marker_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        results = []
+        for request in requests:
+            (folder / f"call.{os.urandom(4).hex()}").touch()
+            prompt = request["messages"][-1]["content"]
+            pairs = re.findall(r"^(\d+)\. Q: (.*?) A: (.*)$", prompt, re.MULTILINE)
+            if "statements" in prompt:
+                body = {"statements": [f"{q.strip()} {a.strip()}" for _, q, a in pairs]}
+            else:
+                body = {"verdicts": [{"index": int(i), "correct": WRONG_ANSWER not in a,
+                                      "reason": "names a colour the description lacks" if WRONG_ANSWER in a else ""}
+                                     for i, _, a in pairs]}
+            text = json.dumps(body)
+            if self.params.garble_every and request["seed"] % self.params.garble_every == 0:
+                text = text[:-3]
+            results.append(chat_result(text, "stop", len(prompt.split()), len(text.split())))
+        return results
