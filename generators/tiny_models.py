@@ -12,6 +12,11 @@
 - ``DIR/clip``: an open_clip model (ViT image tower, text transformer, the real CLIP BPE vocabulary that ships
   with open_clip), loadable as ``local-dir:DIR/clip``. A real folder holds ``open_clip_config.json``
   (``model_cfg`` and ``preprocess_cfg``) and ``open_clip_model.safetensors``.
+- ``DIR/vlm``: a LLaVA-style vision-language model (a CLIP vision tower of 32 px, a projector, the tiny LLM's
+  architecture and tokenizer with an ``<image>`` token) with a processor and a chat template, loaded by
+  ``AutoProcessor`` and ``AutoModelForImageTextToText``. A real folder (LLaVA-OneVision, Qwen2.5-VL) holds
+  ``config.json``, weights, the tokenizer files, ``preprocessor_config.json`` / ``processor_config.json`` and
+  a chat template.
 
 Outputs are random: these exercise code paths offline, they do not make sensible data.
 """
@@ -149,7 +154,42 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+# ChatML with the content-parts messages of vision-language chat templates: an image part becomes <image>.
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_vlm(directory: Path, llm_directory: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    directory = Path(directory)
+    tokenizer = AutoTokenizer.from_pretrained(llm_directory)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(
+        "<image>"), vision_feature_layer=-1, vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    LlavaForConditionalGeneration(config).save_pretrained(directory)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    # The vision tower adds a CLS token, which the "default" strategy drops: 16 image tokens per image.
+    LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1, chat_template=VLM_CHAT_TEMPLATE).save_pretrained(directory)
+    return directory
+
+
 def build_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
     root = Path(root)
-    return {"llm": build_tiny_llm(root / "llm", seed), "diffusion": build_tiny_diffusion(root / "diffusion", seed),
-            "clip": build_tiny_clip(root / "clip", seed)}
+    llm = build_tiny_llm(root / "llm", seed)
+    return {"llm": llm, "diffusion": build_tiny_diffusion(root / "diffusion", seed),
+            "clip": build_tiny_clip(root / "clip", seed), "vlm": build_tiny_vlm(root / "vlm", llm, seed)}

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--dry-run", action="store_true", help="validate the card and list the uploads, offline")
     publish.set_defaults(handler=cmd_publish)
 
-    tiny = commands.add_parser("make-tiny-models", help="write tiny random LLM, diffusion and CLIP model folders")
+    tiny = commands.add_parser("make-tiny-models", help="write tiny random LLM, diffusion, CLIP and VLM model folders")
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=cmd_make_tiny_models)

@@ -58,6 +58,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "sentence_transformers": "filters.sentence_backend:SentenceBackend",
     "transformers_llm": "generators.llm.transformers_backend:TransformersLLM",
     "vllm": "generators.llm.vllm_backend:VLLMBackend",
+    "transformers_vlm": "generators.llm.transformers_vlm:TransformersVLM",
     "diffusers": "generators.diffusion.diffusers_backend:DiffusersBackend",
 }
 MODEL_BACKENDS: Registry[type[ModelBackend]] = Registry("model backend", BUILTIN_BACKENDS)

@@ -179,6 +179,7 @@ BUILTIN_STAGES = {
     "llm_judge": "filters.judges:LLMJudge",
     "vlm_judge": "filters.judges:VLMJudge",
     "statement_score": "filters.judges:StatementScore",
+    "perplexity": "filters.perplexity:PerplexityFilter",
 }
 STAGES: Registry[type[Stage]] = Registry("stage", BUILTIN_STAGES)
 

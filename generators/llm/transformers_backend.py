@@ -42,23 +42,17 @@ class TransformersLLM(ModelBackend):
     def __init__(self, params: TransformersLLMParams) -> None:
         super().__init__(params)
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_model_path(params.path)
-        check_local_or_hub(path, f"transformers_llm path {params.path!r}")
+        check_local_or_hub(path, f"{self.kind} path {params.path!r}")
         self.device = params.device if params.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         if params.cpu_threads:
             torch.set_num_threads(params.cpu_threads)
         dtype = {"auto": torch.float32 if self.device == "cpu" else torch.bfloat16, "float32": torch.float32,
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[params.dtype]
-        extra = {"gguf_file": params.gguf_file} if params.gguf_file else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(path, revision=params.revision, **extra)
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"transformers_llm {params.path!r}: the tokenizer has no chat template")
-        self.tokenizer.padding_side = "left"
+        self.tokenizer, self.model = self._load_model(path, dtype)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, revision=params.revision, dtype=dtype, **extra)
         self.model.to(self.device).eval()
         self.stop_ids = self._stop_token_ids()
         self.compiler = None
@@ -67,6 +61,24 @@ class TransformersLLM(ModelBackend):
 
             self.compiler = SchemaCompiler(self.tokenizer, self.model.config.get_text_config().vocab_size,
                                            self.stop_ids)
+
+    def _load_model(self, path: str, dtype: Any) -> tuple[Any, Any]:
+        """The left-padding tokenizer (with a chat template) and the model."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        params = self.params
+        extra = {"gguf_file": params.gguf_file} if params.gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=params.revision, **extra)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{self.kind} {params.path!r}: the tokenizer has no chat template")
+        tokenizer.padding_side = "left"
+        return tokenizer, AutoModelForCausalLM.from_pretrained(path, revision=params.revision, dtype=dtype, **extra)
+
+    def _prompt(self, request: dict[str, Any]) -> str:
+        return self.tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, tokenize=False)
+
+    def _encode(self, requests: list[dict[str, Any]], prompts: list[str]) -> dict[str, Any]:
+        return dict(self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False))
 
     @classmethod
     def identity(cls, params: TransformersLLMParams) -> dict[str, Any]:
@@ -89,8 +101,7 @@ class TransformersLLM(ModelBackend):
         prompts, results, live = [], [None] * len(requests), []
         for index, request in enumerate(requests):
             try:
-                prompts.append(self.tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True,
-                                                                  tokenize=False))
+                prompts.append(self._prompt(request))
                 live.append(index)
             except Exception as error:  # a template that rejects these messages
                 results[index] = error_result(error)
@@ -105,7 +116,7 @@ class TransformersLLM(ModelBackend):
 
         from generators.llm.seeded_sampling import PerRowSampler
 
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = self._encode(requests, prompts)
         lengths = encoded["attention_mask"].sum(dim=1).tolist()
         if max(lengths) > self.params.max_input_tokens:
             too_long = error_result(f"prompt of {max(lengths)} tokens exceeds max_input_tokens="
@@ -137,3 +148,24 @@ class TransformersLLM(ModelBackend):
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
             results.append(chat_result(text, finish, length, len(kept) + (end is not None)))
         return results
+
+    def perplexity(self, texts: list[str]) -> list[float]:
+        """Per-text perplexity, exp(mean token negative log-likelihood), of plain text (no chat template):
+        what the perplexity filter thresholds. Rows are right-padded (so positions are those of the text alone)
+        and padding is masked out of the mean."""
+        import torch
+
+        tokenizer = self.tokenizer
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        rows = [bos + tokenizer(str(t), add_special_tokens=False)["input_ids"][:self.params.max_input_tokens - 1]
+                for t in texts]
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        weights = mask[:, 1:].float()
+        mean = (losses * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return [float(torch.exp(value)) for value in mean]

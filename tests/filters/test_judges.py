@@ -4,6 +4,7 @@ every verdict, replay from the cache, and run through the real transformers and 
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from filters.qa_verdicts import qa_pairs
@@ -138,3 +139,38 @@ def test_judges_with_the_tiny_llm_run_on_ray_and_replay_from_the_cache(local_ray
         row = next(s for s in again.manifest["stages"] if s["stage"] == stage)
         assert row["cache"]["misses"] == 0 and row["cache"]["hits"] > 0, row
     assert data_files(out) == before
+
+
+def test_the_vlm_judge_sends_the_image_through_the_real_transformers_vlm_backend(tmp_path, tiny_synthesis_models):
+    """A tiny random LLaVA: the image reaches the model (its pixels change the output), and each sample gets the
+    judge's verdicts or the judge_failed reason, never a crash."""
+    from generators.llm.chat import Sampling, chat_request
+    from generators.llm.transformers_vlm import TransformersVLM
+
+    vlm = TransformersVLM(TransformersVLM.Params(path=str(tiny_synthesis_models["vlm"]), device="cpu",
+                                                 structured_output="none"))
+    messages = [{"role": "system", "content": "Judge."}, {"role": "user", "content": "What colour is it?"}]
+    greedy = Sampling(temperature=0.0, max_new_tokens=12)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(2)]
+    requests = [{**chat_request(messages, 1, greedy), "images": [image]} for image in images]
+    texts = [r["text"] for r in vlm.chat(requests)]
+    alone = vlm.chat(requests[:1])[0]["text"]
+    assert texts[0] == alone  # a row does not depend on its batch
+    assert vlm.chat([{**requests[0], "images": [images[0] // 4]}])[0]["text"] != alone or texts[0] != texts[1]
+
+    out = tmp_path / "out"
+    config = small_config(
+        "categories={SynthConvShort: {train: 3}}", "dataset.max_attempts_factor=1",
+        f"models={{vlm: {{backend: transformers_vlm, params: {{path: '{tiny_synthesis_models['vlm']}', "
+        "device: cpu, cpu_threads: 1}}}",
+        "stages=[{name: procedural_scene}, {name: vlm_judge, params: {model: vlm, "
+        "sampling: {temperature: 0.0, max_new_tokens: 64}}}]")
+    synthesize(config, out, use_ray=False)
+    kept, dropped = accepted(out), rejected(out)
+    assert len(kept) + len(dropped) == 3
+    assert all(r["stage"] == "vlm_judge" and r["reason"].startswith(("judge_failed: llm_", "too_few_qa: "))
+               for r in dropped)
+    for record in kept:
+        assert {v["stage"] for v in record.metadata["qa_verdicts"]} == {"vlm_judge"}
+        assert record.provenance["prompt_templates"]["vlm_judge"].startswith("judge/qa.v1@")
