@@ -70,6 +70,12 @@ class ClipScore(Filter):
             scores[index][f"{prefix}{CLIP_METRIC}"] = cosine
         return scores
 
+    def check(self, record: SampleRecord, scores: dict[str, float]) -> str | None:
+        if self.params.min_cosine is None:
+            return None
+        value = best_value(scores, CLIP_METRIC)
+        return f"low_clip: raw cosine {value:.4f} < {self.params.min_cosine:g}" if value < self.params.min_cosine else None
+
 
 def clip_cosines(unit: UnitContext, model_name: str, pairs: list[tuple[int, np.ndarray, str]]) -> list[float]:
     """Raw CLIP cosine of each (seed, image, text), through the shared model and the model-call cache (each
@@ -83,12 +89,6 @@ def clip_cosines(unit: UnitContext, model_name: str, pairs: list[tuple[int, np.n
         return [float(np.dot(v, text_vectors[r["text"]])) for v, r in zip(image_vectors, missing, strict=True)]
 
     return unit.cache.map([(seed, {"image": image, "text": text}) for seed, image, text in pairs], compute)
-
-    def check(self, record: SampleRecord, scores: dict[str, float]) -> str | None:
-        if self.params.min_cosine is None:
-            return None
-        value = best_value(scores, CLIP_METRIC)
-        return f"low_clip: raw cosine {value:.4f} < {self.params.min_cosine:g}" if value < self.params.min_cosine else None
 
 
 class DetailParams(StageParams):

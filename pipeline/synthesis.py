@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import ConfigError, RunConfig, data_fields, differing_fields, save_config
+from pipeline.config import ConfigError, RunConfig, data_fields, differing_fields, import_plugins, save_config
 from pipeline.executors import LocalExecutor, RayExecutor
 from pipeline.fileio import atomic_write_text, remove_stale_temp_files
 from pipeline.global_decisions import decide_globally, global_specs
@@ -100,6 +100,7 @@ def synthesize(config: RunConfig, out_dir: Path, address: str | None = None, use
         targets = split_targets({c: v.split_sizes() for c, v in config.categories.items()},
                                 config.dataset.max_attempts_factor)
         context = run_context(config)
+        check_stages_build(config, context)
         state = RoundsState()
         error: RunFailed | None = None
         with (ray_session(config.ray, address) if use_ray else contextlib.nullcontext()):
@@ -278,6 +279,18 @@ def run_context(config: RunConfig) -> RunContext:
     return RunContext(run_seed=config.seed, provenance=record_provenance(),
                       models={name: config.models[name].identity() for name in config.models_in_use()},
                       model_specs={name: config.models[name].model_dump(mode="json") for name in config.models_in_use()})
+
+
+def check_stages_build(config: RunConfig, context: RunContext) -> None:
+    """Build every stage once on the driver: a stage that cannot be built fails here with its name, not as
+    Ray workers dying on every unit."""
+    import_plugins(config.plugins)
+    for index, spec in enumerate(config.stages):
+        try:
+            spec.stage_class()(spec.stage_id, spec.typed_params(), context)
+        except Exception as error:
+            raise ConfigError(f"stages.{index} ({spec.stage_id!r}, {spec.name}) cannot be built: "
+                              f"{type(error).__name__}: {error}") from error
 
 
 def _preflight(config: RunConfig) -> None:

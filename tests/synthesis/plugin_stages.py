@@ -305,3 +305,8 @@ class ModelTagger(Stage):
         tags = unit.models[self.params.model].call("tag", [r.caption for r in records])
         for record, tag in zip(records, tags, strict=True):
             record.metadata[self.id] = tag
+
+
+@register_stage("test_unbuildable")
+class Unbuildable(Filter):
+    """A filter without its ``check``: it cannot be instantiated."""

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_config, resolve_preset, save_config
+from tests.synthesis.conftest import small_config
 
 
 def test_demo_preset_loads_with_typed_stage_params():
@@ -80,3 +81,14 @@ def test_saved_config_reloads_identically(tmp_path: Path):
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == 11
+
+
+def test_a_stage_that_cannot_be_built_fails_the_run_at_once_naming_it(tmp_path):
+    from pipeline.synthesis import synthesize
+
+    config = small_config("plugins=[tests.synthesis.plugin_stages]",
+                          "stages=[{name: procedural_scene}, {name: test_unbuildable, id: broken}]")
+    with pytest.raises(ConfigError, match=r"stages.1 \('broken', test_unbuildable\) cannot be built: "
+                                          r"TypeError: Can't instantiate abstract class"):
+        synthesize(config, tmp_path / "out", use_ray=False)
+    assert not list((tmp_path / "out").glob("work/*/*"))  # no unit ran
