@@ -130,6 +130,7 @@ def _stage_table(config: RunConfig, unit_stats: dict[str, dict[str, Any]], shard
             "reasons": dict(sorted(reasons.items())),
             "busy_seconds": total.busy_seconds,
             "gpu_seconds": total.gpu_seconds,
+            "model_seconds": total.model_seconds,  # what shared models spent on its calls: `fusion plan` scales it
             "gpus_reserved": spec.resources.gpus_reserved if spec else 0.0,
             "seconds_per_accepted": total.busy_seconds / accepted if accepted else None,
             "gpu_seconds_per_accepted": total.gpu_seconds / accepted if accepted else None,

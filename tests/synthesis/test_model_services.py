@@ -63,8 +63,12 @@ def test_a_replica_gathers_concurrent_calls_from_several_callers_into_one_batch(
 
 def test_in_process_runs_load_the_model_once_per_process(tmp_path):
     markers = tmp_path / "markers"
-    synthesize(shared_model_config(markers), tmp_path / "out", use_ray=False)
+    result = synthesize(shared_model_config(markers), tmp_path / "out", use_ray=False)
     assert len(list(markers.glob("load.*"))) == 1
+    batches = {"first": 6, "second": 6}  # one 0.3 s batch per unit (of 5) and stage
+    for row in result.manifest["stages"]:
+        if row["stage"] in batches:  # the model's time is the stage's, for `fusion plan` to scale
+            assert row["model_seconds"] >= 0.3 * batches[row["stage"]] and row["busy_seconds"] >= row["model_seconds"]
     assert all(r.metadata["first"] == f"{r.caption}!" for r in records(tmp_path / "out"))
 
 
