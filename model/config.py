@@ -444,10 +444,9 @@ register_preset("fusion-l-tiny")(
 
 # A small Llama + SigLIP built from scratch for CPU training (the `fusion run` demo), sized for the demo's 64 px
 # scenes: the full view is the image at its own resolution (8x8 patches of 8 px, 64 image tokens), so a 10 px shape
-# covers a patch or more. Downscaled to a 32 px view (the earlier geometry) the same shape shrank to 3-4 px and the
-# model could not tell shapes apart. One tile (tile_grid 1): tiles exist to add resolution, and a 64 px image has
-# none to add; CARD's latents read that tile's 8x8 map. The vocabulary size is set by the tokenizer the trainer
-# fits to the data.
+# covers a patch or more (downscaled to a 32 px view, the earlier geometry, it shrank to 3-4 px). One tile
+# (tile_grid 1): tiles exist to add resolution, and a 64 px image has none to add; CARD's latents read that tile's
+# 8x8 map. The vocabulary size is set by the tokenizer the trainer fits to the data.
 CPU_SMALL_LLAMA = {
     "model_type": "llama",
     "hidden_size": 128,
