@@ -442,9 +442,11 @@ register_preset("fusion-l-tiny")(
 )
 
 
-# A small Llama + SigLIP built from scratch for CPU training (the `fusion run` demo): 64 px images give 32 px views
-# and tiles (4x4 patches of 8 px), so the four tiles see the image at full resolution. The vocabulary size is set by
-# the tokenizer the trainer fits to the data.
+# A small Llama + SigLIP built from scratch for CPU training (the `fusion run` demo), sized for the demo's 64 px
+# scenes: the full view is the image at its own resolution (8x8 patches of 8 px, 64 image tokens), so a 10 px shape
+# covers a patch or more (downscaled to a 32 px view, the earlier geometry, it shrank to 3-4 px). One tile
+# (tile_grid 1): tiles exist to add resolution, and a 64 px image has none to add; CARD's latents read that tile's
+# 8x8 map. The vocabulary size is set by the tokenizer the trainer fits to the data.
 CPU_SMALL_LLAMA = {
     "model_type": "llama",
     "hidden_size": 128,
@@ -467,7 +469,7 @@ CPU_SMALL_SIGLIP = {
     "num_hidden_layers": 5,
     "num_attention_heads": 2,
     "patch_size": 8,
-    "image_size": 32,
+    "image_size": 64,
 }
 
 
@@ -477,7 +479,7 @@ def _cpu_small() -> FusionConfig:
         name="fusion-cpu-small",
         language_model=LanguageModelConfig(architecture=dict(CPU_SMALL_LLAMA)),
         vision_tower=VisionTowerConfig(architecture=dict(CPU_SMALL_SIGLIP)),
-        image=ImageConfig(image_size=32, tile_grid=2),
+        image=ImageConfig(image_size=64, tile_grid=1),
         tune=TuneConfig(vit_text_max_tokens=32, vit_text_max_total_tokens=96),
         card=CardConfig(latent_counts=(1, 4), eval_latent_count=4, layer_start=0, layer_stride=2, num_layers=2,
                         num_heads=4),

@@ -140,6 +140,11 @@ class TokenizedConversation:
     for_generation: bool
 
     @property
+    def num_tokens(self) -> int:
+        """Text tokens of the rendered conversation (vision blocks and latents not counted)."""
+        return sum(len(piece) for piece in self.pieces if not isinstance(piece, str))
+
+    @property
     def num_supervised(self) -> int:
         """Answer tokens plus one end-of-turn token per answer (before truncation)."""
         count, in_answer = 0, False

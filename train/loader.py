@@ -70,13 +70,18 @@ class WorkerPosition:
     offset: int = 0  # samples taken from the shuffled stream
     batches: int = 0  # batches made (and, in a checkpoint, consumed)
     counts: dict[str, int] = field(default_factory=dict)  # bad and filtered samples by reason
+    # Inside a length group: `offset` and `counts` are those of the group's start, and this many of the group's
+    # batches are made; a resumed loader rebuilds the group from its start and skips them.
+    group_batches: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"offset": self.offset, "batches": self.batches, "counts": dict(self.counts)}
+        return {"offset": self.offset, "batches": self.batches, "counts": dict(self.counts),
+                "group_batches": self.group_batches}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerPosition:
-        return cls(int(data["offset"]), int(data["batches"]), {k: int(v) for k, v in data["counts"].items()})
+        return cls(int(data["offset"]), int(data["batches"]), {k: int(v) for k, v in data["counts"].items()},
+                   int(data.get("group_batches", 0)))
 
 
 @dataclass
@@ -392,7 +397,11 @@ class ShardLoader:
         shuffled = wds.shuffle(self.data.shuffle_buffer, self.data.shuffle_initial, rng=shuffle_rng)(mixed)
         for _ in range(start.offset):  # resume: the stream up to here depends on (seed, epoch, slot) only
             next(shuffled)
-        offset, batches = start.offset, start.batches
+        offset = group_start = start.offset
+        group_counts = dict(counts)
+        first_batch = start.batches - start.group_batches  # index of the current group's first batch
+        skip = start.group_batches  # batches of the current group a resumed loader has already handed out
+        group_size = self.micro_batch * self.data.length_group
         pending: list[PreparedSample] = []
         for raw in shuffled:
             offset += 1
@@ -401,13 +410,32 @@ class ShardLoader:
             if prepared is None:
                 continue
             pending.append(prepared)
-            if len(pending) == self.micro_batch:
-                rng = random.Random(derive_seed(self.seed, "latents", epoch, slot.index, batches))
-                batch = self.collate(pending, rng)
-                batches += 1
-                yield TrainBatch(batch, slot.worker, WorkerPosition(offset, batches, dict(counts)),
-                                 [p.key for p in pending])
-                pending = []
+            if len(pending) < group_size:
+                continue
+            chunks = self.length_chunks(pending, random.Random(derive_seed(self.seed, "groups", epoch, slot.index,
+                                                                           group_start)))
+            for index, chunk in enumerate(chunks):
+                if index < skip:
+                    continue
+                batches = first_batch + index + 1
+                rng = random.Random(derive_seed(self.seed, "latents", epoch, slot.index, batches - 1))
+                batch = self.collate(chunk, rng)
+                position = (WorkerPosition(offset, batches, dict(counts)) if index == len(chunks) - 1 else
+                            WorkerPosition(group_start, batches, dict(group_counts), group_batches=index + 1))
+                yield TrainBatch(batch, slot.worker, position, [p.key for p in chunk])
+            first_batch += len(chunks)
+            skip, pending, group_start, group_counts = 0, [], offset, dict(counts)
+
+    def length_chunks(self, samples: list[PreparedSample], rng: random.Random) -> list[list[PreparedSample]]:
+        """Micro-batches of `samples`: with `data.length_group` > 1, samples of similar length share a batch (less
+        padding, as LLaVA's length-grouped sampler does) and the batches come in a seeded random order."""
+        size = self.micro_batch
+        if self.data.length_group == 1:
+            return [samples[start : start + size] for start in range(0, len(samples), size)]
+        ordered = sorted(samples, key=lambda sample: sample.tokenized.num_tokens)  # stable: ties keep stream order
+        chunks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
+        rng.shuffle(chunks)
+        return chunks
 
     def collate(self, samples: list[PreparedSample], rng: random.Random) -> FusionBatch:
         builder = self.builder

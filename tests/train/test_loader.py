@@ -193,3 +193,53 @@ def test_resampled_mixture_draws_sources_in_proportion_to_their_weights(builder,
     assert len(keys) == 200 and 0.68 < share < 0.82  # 3:1 by weight, not 1:1 by size
     again = keys_of(make_loader(builder, a, batches=2, resampled=False).epoch(0))
     assert keys_of(loader.epoch(0)) == keys and again  # seeded: the same mixture every time
+
+
+def varied_length_samples(prefix: str, count: int) -> list[dict[str, bytes]]:
+    """Image samples whose conversations hold 1 to 4 question/answer pairs, in a mixed order."""
+    import json
+
+    from pipeline.record import SampleRecord
+    from tests.train.conftest import image_bytes
+
+    samples = []
+    for i in range(count):
+        turns = []
+        for turn in range(1 + (i * 7) % 4):
+            turns += [{"from": "human", "value": ("<image>\n" if not turn else "") + f"What colour is shape {turn}?"},
+                      {"from": "gpt", "value": ["red", "blue", "green"][(i + turn) % 3]}]
+        record = SampleRecord(key=f"{prefix}_{i:05d}", category="Cat", split="train", seed=i, caption="c",
+                              conversations=turns, scores={"rules/quality": 1.0})
+        samples.append({"__key__": record.key, "json": json.dumps(record.to_json_dict()).encode(),
+                        "jpg": image_bytes(i)})
+    return samples
+
+
+def test_length_groups_pad_less_keep_every_sample_and_resume_exactly(builder, tmp_path):
+    tars = [write_tar(tmp_path / "s" / f"g-{i:05d}.tar", varied_length_samples(f"g{i}", 12)) for i in range(2)]
+    write_sizes(tmp_path / "s", tars, [12, 12])
+
+    def loader(length_group):
+        sources = resolve_sources([SourceSpec(path=str(tmp_path / "s" / "*.tar"))], 0)
+        data = DataSection(shuffle_buffer=24, shuffle_initial=24, num_workers=0, length_group=length_group)
+        return ShardLoader(sources, builder, data, seed=0, micro_batch=3, batches_per_epoch=8, max_length=512)
+
+    def padding(batches):  # padded positions over real tokens
+        return sum(b.batch.attention_mask.numel() for b in batches) / sum(b.num_tokens for b in batches)
+
+    plain, grouped = list(loader(1).epoch(0)), list(loader(4).epoch(0))
+    assert sorted(keys_of(plain)) == sorted(keys_of(grouped))  # the same samples, batched differently
+    assert padding(grouped) < padding(plain)
+    lengths = [b.batch.attention_mask.shape[1] for b in grouped]
+    assert lengths != sorted(lengths)  # groups are handed out in a shuffled order, not short to long
+
+    position = LoaderPosition(epoch=0, num_workers=0)
+    first = loader(4).epoch(0, position)
+    for _ in range(2):  # stop inside a group of four batches
+        item = next(first)
+        position.consumed(item.worker, item.position)
+    assert item.position.group_batches == 2
+    resumed = list(loader(4).epoch(0, LoaderPosition.from_dict(position.to_dict())))
+    assert [b.keys for b in resumed] == [b.keys for b in grouped[2:]]
+    assert [b.batch.latent_count for b in resumed] == [b.batch.latent_count for b in grouped[2:]]
+    assert resumed[-1].position == grouped[-1].position
