@@ -37,15 +37,18 @@ def write_histogram(category: str, scores: CategoryScores, path: Path) -> Path |
         values = accepted + rejected
         low, high = min(values), max(values)
         bins = 30 if high > low else 1
+        # stepfilled: one polygon per series instead of a patch per bar, so a card's histograms draw in
+        # well under a second (bars made the card of a small run take longer than its synthesis)
         axis.hist([accepted, rejected], bins=bins, range=(low, high) if high > low else None, stacked=True,
-                  color=["#3a7d44", "#c0392b"], label=[f"accepted ({len(accepted)})", f"rejected ({len(rejected)})"])
+                  histtype="stepfilled", color=["#3a7d44", "#c0392b"],
+                  label=[f"accepted ({len(accepted)})", f"rejected ({len(rejected)})"])
         axis.set_title(name, fontsize=8)
         axis.tick_params(labelsize=7)
         axis.legend(fontsize=6)
     for axis in list(axes.flat)[len(names):]:
         axis.axis("off")
     figure.suptitle(f"{category}: scores of accepted and rejected samples", fontsize=10)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.05, right=0.98, bottom=0.12 / rows, top=1 - 0.35 / rows, hspace=0.55, wspace=0.25)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80)
     plt.close(figure)
