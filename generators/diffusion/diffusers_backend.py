@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from generators.llm.model_source import check_local_or_hub, resolve_model_path
+from generators.llm.model_source import check_local_or_hub, resolve_model_path, torch_placement
 from pipeline.model_backend import ModelBackend, model_revision, register_backend
 from pipeline.stage import StageParams
 
@@ -47,11 +47,7 @@ class DiffusersBackend(ModelBackend):
 
         path = resolve_model_path(params.path)
         check_local_or_hub(path, f"diffusers path {params.path!r}")
-        self.device = params.device if params.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        if params.cpu_threads:
-            torch.set_num_threads(params.cpu_threads)
-        dtype = {"auto": torch.float32 if self.device == "cpu" else torch.bfloat16, "float32": torch.float32,
-                 "bfloat16": torch.bfloat16, "float16": torch.float16}[params.dtype]
+        self.device, dtype = torch_placement(params.device, params.dtype, params.cpu_threads)
         name = params.pipeline_class or "AutoPipelineForText2Image"
         pipeline_class = getattr(diffusers, name, None)
         if pipeline_class is None:

@@ -29,3 +29,16 @@ def check_local_or_hub(path: str, what: str) -> None:
     looks_local = path.startswith(("/", ".", "~")) or Path(path).exists()
     if looks_local and not Path(path).expanduser().exists():
         raise FileNotFoundError(f"{what}: no model folder at {path}")
+
+
+def torch_placement(device: str, dtype: str, cpu_threads: int | None) -> tuple[str, object]:
+    """The device (``auto``: cuda when available) and torch dtype (``auto``: float32 on CPU, bfloat16 on GPU) a
+    backend loads its model with; ``cpu_threads`` caps torch's threads (small models on a busy CPU run faster)."""
+    import torch
+
+    device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    dtypes = {"auto": torch.float32 if device == "cpu" else torch.bfloat16, "float32": torch.float32,
+              "bfloat16": torch.bfloat16, "float16": torch.float16}
+    return device, dtypes[dtype]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from generators.llm.chat import FINISH_LENGTH, FINISH_STOP, chat_result, error_result
-from generators.llm.model_source import check_local_or_hub, resolve_model_path
+from generators.llm.model_source import check_local_or_hub, resolve_model_path, torch_placement
 from pipeline.model_backend import ModelBackend, model_revision, register_backend
 from pipeline.stage import StageParams
 
@@ -41,15 +41,9 @@ class TransformersLLM(ModelBackend):
 
     def __init__(self, params: TransformersLLMParams) -> None:
         super().__init__(params)
-        import torch
-
         path = resolve_model_path(params.path)
         check_local_or_hub(path, f"{self.kind} path {params.path!r}")
-        self.device = params.device if params.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        if params.cpu_threads:
-            torch.set_num_threads(params.cpu_threads)
-        dtype = {"auto": torch.float32 if self.device == "cpu" else torch.bfloat16, "float32": torch.float32,
-                 "bfloat16": torch.bfloat16, "float16": torch.float16}[params.dtype]
+        self.device, dtype = torch_placement(params.device, params.dtype, params.cpu_threads)
         self.tokenizer, self.model = self._load_model(path, dtype)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
