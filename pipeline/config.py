@@ -9,14 +9,15 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
-import re
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.config_files import apply_override, dotted, read_with_bases, validate_model
 from pipeline.model_backend import MODEL_BACKENDS, ModelBackend
 from pipeline.stage import STAGES, Stage, StageParams
 
@@ -140,13 +141,18 @@ class ModelResources(Strict):
 
 
 class ModelSpec(Strict):
-    """A model that stages share: loaded once per replica, its calls batched across stages and units."""
+    """A model that stages share: loaded once per replica, serving the calls of every stage and unit."""
 
     backend: str = Field(description="The backend kind, as registered (e.g. transformers_llm, vllm, diffusers)")
     params: dict[str, Any] = Field(default_factory=dict)
     resources: ModelResources = Field(default_factory=ModelResources)
-    batch_size: int = Field(16, ge=1, description="Items per backend call on a replica, gathered from all callers")
-    batch_wait_ms: float = Field(5.0, ge=0, description="How long a replica waits for more calls to fill a batch")
+    batch_size: int = Field(16, ge=1, description="Items per backend call on a replica")
+    batch_across_calls: bool = Field(
+        False, description="Fill a backend batch from several callers' calls (units, stages). Fuller batches, but a "
+        "padded batch's numerics depend on its rows, so an item's output then depends on what ran beside it: a "
+        "fresh run is byte-identical to another only with this off (the default; resume is exact either way)")
+    batch_wait_ms: float = Field(5.0, ge=0, description="With batch_across_calls: how long a replica waits for "
+                                 "more calls to fill a batch")
 
     @field_validator("backend")
     @classmethod
@@ -167,7 +173,7 @@ class ModelSpec(Strict):
         try:
             return self.backend_class().Params.model_validate(self.params)
         except ValidationError as error:
-            details = "; ".join(f"params.{_dotted(e['loc'])}: {e['msg']}" for e in error.errors())
+            details = "; ".join(f"params.{dotted(e['loc'])}: {e['msg']}" for e in error.errors())
             raise ValueError(f"backend {self.backend!r}: {details}") from None
 
     def identity(self) -> dict[str, Any]:
@@ -212,7 +218,7 @@ class StageSpec(Strict):
         try:
             return self.stage_class().Params.model_validate(self.params)
         except ValidationError as error:
-            details = "; ".join(f"params.{_dotted(e['loc'])}: {e['msg']}" for e in error.errors())
+            details = "; ".join(f"params.{dotted(e['loc'])}: {e['msg']}" for e in error.errors())
             raise ValueError(f"stage {self.stage_id!r}: {details}") from None
 
 
@@ -352,18 +358,14 @@ def resolve_preset(name_or_path: str | Path) -> Path:
 
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     path = resolve_preset(name_or_path)
-    raw = _read_with_bases(path, seen=())
+    raw = read_with_bases(path, _resolve_base, ConfigError)
     for override in overrides or []:
-        _apply_override(raw, override)
+        apply_override(raw, override, ConfigError)
     return validate_config(raw, source=str(path))
 
 
 def validate_config(raw: dict[str, Any], source: str) -> RunConfig:
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as error:
-        lines = [f"{source}: field '{_dotted(e['loc']) or '<root>'}': {e['msg']}" for e in error.errors()]
-        raise ConfigError("invalid config\n  " + "\n  ".join(lines)) from None
+    return validate_model(RunConfig, raw, source, "config", ConfigError)
 
 
 def save_config(config: RunConfig, path: Path) -> None:
@@ -372,68 +374,7 @@ def save_config(config: RunConfig, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
-def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'base' forms a cycle through {[str(p) for p in seen]}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    base_path = (path.parent / f"{base}.yaml") if not str(base).endswith(".yaml") else path.parent / base
-    if not base_path.is_file():
-        base_path = resolve_preset(base)
-    return _deep_merge(_read_with_bases(base_path, seen + (path.resolve(),)), data)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply ``a.b.0.c=value``; the value is parsed as YAML, list items are addressed by index."""
-    dotted, sep, text = override.partition("=")
-    if not sep or not dotted:
-        raise ConfigError(f"override {override!r} must look like key.path=value")
-    value = yaml.safe_load(text) if text else ""
-    parts = dotted.split(".")
-    node: Any = raw
-    for part in parts[:-1]:
-        node = _child(node, part, dotted)
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_list_index(node, last, dotted)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise ConfigError(f"override {override!r}: {'.'.join(parts[:-1])} is not a mapping or list")
-
-
-def _child(node: Any, part: str, dotted: str) -> Any:
-    if isinstance(node, list):
-        return node[_list_index(node, part, dotted)]
-    if isinstance(node, dict):
-        if part not in node or node[part] is None:
-            node[part] = {}
-        return node[part]
-    raise ConfigError(f"override {dotted!r}: cannot descend into {part!r} of a {type(node).__name__}")
-
-
-def _list_index(node: list, part: str, dotted: str) -> int:
-    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-        raise ConfigError(f"override {dotted!r}: {part!r} is not an index of a list of {len(node)} items")
-    return int(part)
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+def _resolve_base(path: Path, base: str) -> Path:
+    """A base next to the file that names it, else a preset."""
+    beside = path.parent / (base if base.endswith(".yaml") else f"{base}.yaml")
+    return beside if beside.is_file() else resolve_preset(base)

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipeline.config_files import apply_override, deep_merge, read_with_bases, validate_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = REPO_ROOT / "configs"
@@ -186,9 +188,9 @@ def preset_names() -> list[str]:
 
 def load_train_config(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     path = resolve_preset(name_or_path)
-    raw = _read_with_bases(path, seen=())
+    raw = read_with_bases(path, _resolve_base, TrainConfigError)
     for override in overrides or []:
-        apply_override(raw, override)
+        apply_override(raw, override, TrainConfigError)
     return validate_train_config(raw, source=str(path))
 
 
@@ -198,19 +200,14 @@ def train_config_from_section(section: dict[str, Any], source: str, overrides: l
     raw = copy.deepcopy(section)
     base = raw.pop("base", None)
     if base is not None:
-        raw = _deep_merge(_read_with_bases(resolve_preset(base), seen=()), raw)
+        raw = deep_merge(read_with_bases(resolve_preset(base), _resolve_base, TrainConfigError), raw)
     for override in overrides or []:
-        apply_override(raw, override)
+        apply_override(raw, override, TrainConfigError)
     return validate_train_config(raw, source=f"{source} (train section)")
 
 
 def validate_train_config(raw: dict[str, Any], source: str) -> TrainConfig:
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as error:
-        lines = [f"{source}: field '{'.'.join(str(p) for p in e['loc']) or '<root>'}': {e['msg']}"
-                 for e in error.errors()]
-        raise TrainConfigError("invalid training config\n  " + "\n  ".join(lines)) from None
+    return validate_model(TrainConfig, raw, source, "training config", TrainConfigError)
 
 
 def save_train_config(config: TrainConfig, path: Path) -> None:
@@ -219,57 +216,5 @@ def save_train_config(config: TrainConfig, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
-def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    if path.resolve() in seen:
-        raise TrainConfigError(f"{path}: 'base' forms a cycle through {[str(p) for p in seen]}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise TrainConfigError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    return _deep_merge(_read_with_bases(resolve_preset(base), seen + (path.resolve(),)), data)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply `a.b.0.c=value`; the value is parsed as YAML, list items are addressed by index."""
-    dotted, sep, text = override.partition("=")
-    if not sep or not dotted:
-        raise TrainConfigError(f"override {override!r} must look like key.path=value")
-    value = yaml.safe_load(text) if text else ""
-    parts = dotted.split(".")
-    node: Any = raw
-    for part in parts[:-1]:
-        if isinstance(node, list):
-            node = node[_index(node, part, dotted)]
-        elif isinstance(node, dict):
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-        else:
-            raise TrainConfigError(f"override {dotted!r}: cannot descend into {part!r}")
-    if isinstance(node, list):
-        node[_index(node, parts[-1], dotted)] = value
-    elif isinstance(node, dict):
-        node[parts[-1]] = value
-    else:
-        raise TrainConfigError(f"override {override!r}: {'.'.join(parts[:-1])} is not a mapping or list")
-
-
-def _index(node: list, part: str, dotted: str) -> int:
-    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-        raise TrainConfigError(f"override {dotted!r}: {part!r} is not an index of a list of {len(node)} items")
-    return int(part)
+def _resolve_base(_: Path, base: str) -> Path:
+    return resolve_preset(base)
