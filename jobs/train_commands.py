@@ -34,7 +34,7 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=user_errors(cmd_train))
 
     evaluate = commands.add_parser("evaluate", help="held-out accuracy of a checkpoint, beside chance and majority")
-    evaluate.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint or model folder")
+    evaluate.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint or model folder, or a training run folder (its newest checkpoint)")
     evaluate.add_argument("--data", required=True, help="dataset folder with a held-out split")
     evaluate.add_argument("--out", required=True, type=Path)
     evaluate.add_argument("--config", default="demo", help="training config whose eval section to use")
@@ -82,11 +82,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from train.checkpoint import checkpoint_folder
     from train.config import load_train_config
     from train.evaluate import evaluate, format_table
 
     config = load_train_config(args.config, args.overrides)
-    print(format_table(evaluate(args.checkpoint, args.data, args.out, config.eval, seed=config.seed)))
+    checkpoint = checkpoint_folder(args.checkpoint)
+    print(format_table(evaluate(checkpoint, args.data, args.out, config.eval, seed=config.seed)))
     return 0
 
 

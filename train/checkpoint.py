@@ -139,6 +139,23 @@ def resolve_checkpoint(out: Path, resume: str) -> Path | None:
     return candidate
 
 
+def checkpoint_folder(path: str | Path) -> Path:
+    """What `fusion evaluate --checkpoint` may name: a checkpoint or model folder, the `latest` pointer file, a
+    checkpoints folder or a training run folder (its newest complete checkpoint)."""
+    path = Path(path)
+    if path.is_file() and path.name == LATEST:
+        return path.parent / path.read_text().strip()
+    if (path / "config.json").is_file():
+        return path
+    run = path.parent if path.name == CHECKPOINTS_DIR else path
+    if (run / CHECKPOINTS_DIR).is_dir():
+        newest = resolve_checkpoint(run, "latest")
+        if newest is None:
+            raise FileNotFoundError(f"{path}: the run has no complete checkpoint yet")
+        return newest
+    return path
+
+
 def load_checkpoint(directory: Path, *, info: DistInfo, strategy: Strategy, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer) -> TrainerState:
     state = TrainerState.from_dict(json.loads((directory / STATE_FILE).read_text()))

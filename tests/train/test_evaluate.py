@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from train.checkpoint import checkpoint_folder
 from train.evaluate import EvalItem, add_baselines, held_out_items, item_kind, summarise
 from train.scoring import CAPTION, MULTIPLE_CHOICE, SHORT, YES_NO, option_letter, rouge_l, score
 
@@ -92,3 +93,11 @@ def test_fusion_run_trains_evaluates_and_reports(tmp_path, capsys):
 
     assert [r["step"] for r in read_metrics(out / "train" / "metrics.jsonl")] == [1, 2]
     assert checkpoint.stat().st_mtime_ns == written
+    # `fusion evaluate` takes the training run folder or its `latest` pointer as well as a checkpoint folder
+    for checkpoint in (out / "train", out / "train" / "checkpoints" / "latest"):
+        assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(out / "dataset"),
+                     "--out", str(tmp_path / "again"), "--config", "tiny"]) == 0
+        assert "check multiple choice" in capsys.readouterr().out
+    (tmp_path / "empty-run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        checkpoint_folder(tmp_path / "empty-run")
