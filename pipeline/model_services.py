@@ -2,8 +2,11 @@
 
 On Ray each model named under ``models:`` gets ``replicas`` long-lived actors, started before any unit runs and
 stopped after the run; each reserves the model's resources (GPUs, or a tensor-parallel placement group) and
-batches calls from all stages and units together (up to ``batch_size`` items, waiting ``batch_wait_ms`` for
-more). In-process runs load each model once per process. Either way a stage calls
+serves the calls of every stage and unit in batches of up to ``batch_size`` items. A batch holds the items of
+one call only, cut the same way in every run, because a padded batch's numerics depend on all its rows (measured
+with transformers on CPU: a row's logits differ by ~1e-7 with other batch-mates, which can flip a sampled token);
+with ``batch_across_calls`` it is filled from concurrent calls (waiting ``batch_wait_ms`` for more), trading that
+run-to-run identity for fuller batches. In-process runs load each model once per process. Either way a stage calls
 ``unit.models[name].call(method, items)`` and gets one result per item; the model seconds each call used are
 charged to the calling stage, so its GPU-seconds are the model's, not its waiting time.
 """
@@ -11,6 +14,7 @@ charged to the calling stage, so its GPU-seconds are the model's, not its waitin
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -156,16 +160,15 @@ class ModelServer:
     async def _drain(self, method: str) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.sleep(self.spec.batch_wait_ms / 1000)  # let concurrent callers join the batch
+            if self.spec.batch_across_calls:
+                await asyncio.sleep(self.spec.batch_wait_ms / 1000)  # let concurrent callers join the batch
             while self.pending.get(method):
                 jobs, self.pending[method] = self.pending[method], []
                 owners = [(j, item) for j, (chunk, _) in enumerate(jobs) for item in chunk]
                 results: list[list[Any]] = [[] for _ in jobs]
                 seconds = [0.0] * len(jobs)
                 errors: dict[int, BaseException] = {}
-                size = self.spec.batch_size
-                for start in range(0, len(owners), size):
-                    batch = owners[start:start + size]
+                for batch in self._batches(owners):
                     await self._run_batch(loop, method, batch, results, seconds, errors)
                 for j, (_, future) in enumerate(jobs):
                     if j in errors:
@@ -177,6 +180,17 @@ class ModelServer:
             if self.pending.get(method):  # calls that arrived as the loop ended
                 self.draining.add(method)
                 loop.create_task(self._drain(method))
+
+    def _batches(self, owners: list[tuple[int, Any]]) -> Iterator[list[tuple[int, Any]]]:
+        """(caller, item) pairs cut into backend batches: per call unless ``batch_across_calls``."""
+        size = self.spec.batch_size
+        if self.spec.batch_across_calls:
+            groups = [owners]
+        else:
+            groups = [list(g) for _, g in itertools.groupby(owners, key=lambda owner: owner[0])]
+        for group in groups:
+            for start in range(0, len(group), size):
+                yield group[start:start + size]
 
     async def _run_batch(self, loop, method, batch, results, seconds, errors) -> None:
         live = [(j, item) for j, item in batch if j not in errors]

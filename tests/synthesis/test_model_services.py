@@ -42,23 +42,34 @@ def test_two_stages_share_one_loaded_model_whose_replica_batches_their_calls(loc
         assert row["input"] == 30
 
 
-def test_a_replica_gathers_concurrent_calls_from_several_callers_into_one_batch(local_ray, tmp_path):
-    # Deterministic form of cross-unit batching: six callers' calls in flight at once are served together.
+def served_batches(tmp_path, across_calls: bool) -> list[int]:
+    """Six callers' calls of 5 items, all in flight at once (a long first batch holds the later ones back)."""
     import ray
 
     from pipeline.model_services import ModelServer
 
-    spec = {"backend": "test_counter", "batch_size": 32, "batch_wait_ms": 500,
+    spec = {"backend": "test_counter", "batch_size": 4, "batch_wait_ms": 500, "batch_across_calls": across_calls,
             "params": {"marker_dir": str(tmp_path), "seconds_per_batch": 0.0}}
     server = ray.remote(ModelServer).options(num_cpus=0.1, max_concurrency=16).remote(
         "tagger", spec, ["tests.synthesis.plugin_stages"])
     try:
+        ray.get(server.ready.remote())
         calls = [server.call.remote("tag", [f"u{unit}-{i}" for i in range(5)]) for unit in range(6)]
         answers = ray.get(calls)
         assert [items for items, _ in answers] == [[f"u{unit}-{i}!" for i in range(5)] for unit in range(6)]
-        assert ray.get(server.stats.remote())["batch_sizes"] == [30]
+        return ray.get(server.stats.remote())["batch_sizes"]
     finally:
         ray.kill(server)
+
+
+def test_with_batch_across_calls_a_replica_fills_batches_from_concurrent_callers(local_ray, tmp_path):
+    # 30 items of six callers gathered within the wait: full batches of 4 that mix callers, and one tail.
+    assert served_batches(tmp_path, across_calls=True) == [4] * 7 + [2]
+
+
+def test_by_default_a_batch_holds_one_call_so_its_rows_never_depend_on_other_units(local_ray, tmp_path):
+    # Each call is cut alone, 4 + 1, the same whatever else is in flight: what makes fresh runs byte-identical.
+    assert served_batches(tmp_path, across_calls=False) == [4, 1] * 6
 
 
 def test_in_process_runs_load_the_model_once_per_process(tmp_path):
