@@ -85,7 +85,8 @@ class DataSection(Strict):
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
     prefetch_factor: int = Field(4, ge=1)
     length_group: int = Field(1, ge=1, description="Micro-batches whose samples are sorted by length together, so "
-                              "a batch pads less (1: batches in stream order)")
+                              "a batch pads less (1: batches in stream order); a sorted micro-batch holds one length "
+                              "band, so use it with several micro-batches per optimizer step")
     min_scores: dict[str, float] = Field(default_factory=dict, description="Applied to every source")
     max_scores: dict[str, float] = Field(default_factory=dict, description="Applied to every source")
     max_bad_fraction: float = Field(0.5, ge=0, le=1, description="Stop when more samples than this are bad")

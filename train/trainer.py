@@ -91,6 +91,11 @@ def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | No
     wrapped = strategy.wrap(model)
     optimizer = build_optimizer(model, config.optim)
     accumulation = config.batch.accumulation(info.world_size)
+    if config.data.length_group > 1 and accumulation * info.world_size == 1:
+        logger.warning("data.length_group=%d with one micro-batch per optimizer step: length-sorted micro-batches "
+                       "hold samples of one length band (often one family), so every update sees one kind of "
+                       "sample; use several micro-batches per step (batch.micro_batch < batch.global_batch)",
+                       config.data.length_group)
     epoch_samples = sum(source.num_samples for source in sources)
     steps_per_epoch = max(1, math.ceil(epoch_samples / config.batch.global_batch))
     total_steps = config.total_steps(steps_per_epoch)

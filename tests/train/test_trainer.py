@@ -119,3 +119,16 @@ def test_fusion_train_command(small_dataset, tmp_path, capsys):
     assert main(["train", "--config", "tiny", "--data", str(small_dataset), "--out", str(tmp_path / "bad"),
                  "--set", "batch.global_batch=3"]) == 2  # an error naming the fields, not a traceback
     assert "batch.global_batch=3 is not a multiple" in capsys.readouterr().err
+
+
+def test_length_grouping_with_one_micro_batch_per_step_is_warned_about(small_dataset, tmp_path, caplog):
+    # sorted micro-batches hold one length band each: with one per step, every update sees one kind of sample
+    single = tiny("max_steps=1", "batch.global_batch=2", "batch.micro_batch=2", "data.length_group=4")
+    with caplog.at_level("WARNING", logger="train.trainer"):
+        train(single, tmp_path / "single", data=str(small_dataset))
+    assert "one micro-batch per optimizer step" in caplog.text
+    caplog.clear()
+    mixed = tiny("max_steps=1", "batch.global_batch=4", "batch.micro_batch=2", "data.length_group=4")
+    with caplog.at_level("WARNING", logger="train.trainer"):
+        train(mixed, tmp_path / "mixed", data=str(small_dataset))
+    assert "one micro-batch per optimizer step" not in caplog.text
