@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from generators.procedural import family_names  # noqa: E402
-from pipeline.config import RunConfig, StageSpec, load_config  # noqa: E402
+from pipeline.config import RunConfig, load_config  # noqa: E402
 from pipeline.planning import WorkUnit, derive_seed  # noqa: E402
 from pipeline.stage import RunContext  # noqa: E402
 from pipeline.stage_runner import StageRunner, build_stages, new_records  # noqa: E402
@@ -92,14 +92,14 @@ def model_stage_alone(config: RunConfig, samples: int) -> float:
 
 
 def report(title: str, rates: dict[str, list[float]], busy: dict[str, list[float]], reference: str) -> None:
-    print(f"\n{title}")
-    print(f"{'mode':<34}{'samples/s (median)':>20}{'rounds':>24}{'vs ' + reference:>16}{'busy workers':>14}")
+    print(f"\n{title} (ratio: against {reference})")
+    print(f"{'mode':<34}{'samples/s (median)':>20}{'rounds':>24}{'ratio':>10}{'busy workers':>14}")
     floor = statistics.median(rates[reference])
     for name, values in rates.items():
         median = statistics.median(values)
         rounds = ", ".join(f"{v:.0f}" for v in values)
         workers = f"{statistics.median(busy[name]):.2f}" if busy.get(name) else "-"
-        print(f"{name:<34}{median:>20.0f}{rounds:>24}{median / floor:>15.2f}x{workers:>14}")
+        print(f"{name:<34}{median:>20.0f}{rounds:>24}{median / floor:>9.2f}x{workers:>14}")
 
 
 def main() -> None:
