@@ -34,7 +34,8 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=user_errors(cmd_train))
 
     evaluate = commands.add_parser("evaluate", help="held-out accuracy of a checkpoint, beside chance and majority")
-    evaluate.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint or model folder, or a training run folder (its newest checkpoint)")
+    evaluate.add_argument("--checkpoint", required=True, type=Path,
+                          help="a checkpoint or model folder, or a training run folder (its newest checkpoint)")
     evaluate.add_argument("--data", required=True, help="dataset folder with a held-out split")
     evaluate.add_argument("--out", required=True, type=Path)
     evaluate.add_argument("--config", default="demo", help="training config whose eval section to use")
