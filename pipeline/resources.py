@@ -105,8 +105,12 @@ def ray_map_args(spec: StageSpec, unit_retries: int, placement_groups: list[Any]
     low, high = r.pool_bounds()
     threads = {"max_concurrent_calls_per_actor": r.max_concurrency, "enable_true_multi_threading": True} \
         if r.max_concurrency else {}
+    # Units wait in Ray Data's queue, not in an actor's: an actor that dies then fails only the units it was
+    # running, never ones merely queued on it (each would be charged a failed attempt it did not cause).
+    in_flight = r.max_concurrency or 1
     args: dict[str, Any] = {
-        "compute": ActorPoolStrategy(min_size=low, max_size=high, **threads),
+        "compute": ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=in_flight,
+                                     **threads),
         "num_cpus": r.num_cpus,
         # Restart a dead actor always; retry the unit it held a bounded number of times. (Ray 2.60 has no
         # named parameter for these yet, hence the pin below 2.64 in pyproject.toml.)
