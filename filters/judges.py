@@ -89,17 +89,17 @@ class ModelVerifier(QAVerifier, LLMStep):
             jobs.append(Job(record, template, self.variables(record, pairs), self.schema,
                             {"num_qas": len(pairs)}, extras=self.request_extras(record)))
             owners.append(index)
-        outcomes = self.ask(jobs, unit) if jobs else []
-        failed = [(i, o) for i, o in zip(owners, outcomes, strict=True) if o.reason]
-        for index, outcome in failed:
-            if self.params.on_failure == "reject":
+        answered: list[tuple[int, Outcome]] = []
+        for index, outcome in zip(owners, self.ask(jobs, unit) if jobs else [], strict=True):
+            if not outcome.reason:
+                answered.append((index, outcome))
+            elif self.params.on_failure == "reject":
                 records[index].reject(self.id, f"judge_failed: {outcome.reason}")
             else:
-                pairs = qa_pairs(records[index])
-                verdicts[index] = [QAVerdict(i, True, f"unverified: {outcome.reason}") for i in range(len(pairs))]
-        passed = [(i, o) for i, o in zip(owners, outcomes, strict=True) if not o.reason]
-        for index, result in zip([i for i, _ in passed], self.verdicts([records[i] for i, _ in passed],
-                                                                       [o for _, o in passed], unit), strict=True):
+                verdicts[index] = [QAVerdict(i, True, f"unverified: {outcome.reason}")
+                                   for i in range(len(qa_pairs(records[index])))]
+        results = self.verdicts([records[i] for i, _ in answered], [o for _, o in answered], unit)
+        for (index, _), result in zip(answered, results, strict=True):
             verdicts[index] = result
         return verdicts
 

@@ -44,7 +44,9 @@ class PerplexityFilter(Filter):
 
     def check(self, record: SampleRecord, scores: dict[str, float]) -> str | None:
         limit = self.params.max_perplexity
+        if limit is None:
+            return None
         for name, value in scores.items():
-            if limit is not None and value > limit:
+            if value > limit:
                 return f"perplexity: {name.split('/')[0]} {value:.0f} > {limit:g}"
         return None

@@ -282,10 +282,13 @@ def run_context(config: RunConfig) -> RunContext:
 
 
 def check_stages_build(config: RunConfig, context: RunContext) -> None:
-    """Build every stage once on the driver: a stage that cannot be built fails here with its name, not as
-    Ray workers dying on every unit."""
+    """Build every CPU stage once on the driver: a stage that cannot be built fails here with its name, not as
+    Ray workers dying on every unit. A stage with its own model is built only in its actors, where its model and
+    GPUs are (building it here would load the model on the driver)."""
     import_plugins(config.plugins)
     for index, spec in enumerate(config.stages):
+        if spec.stage_class().uses_model:
+            continue
         try:
             spec.stage_class()(spec.stage_id, spec.typed_params(), context)
         except Exception as error:

@@ -429,12 +429,12 @@ class ShardLoader:
     def length_chunks(self, samples: list[PreparedSample], rng: random.Random) -> list[list[PreparedSample]]:
         """Micro-batches of `samples`: with `data.length_group` > 1, samples of similar length share a batch (less
         padding, as LLaVA's length-grouped sampler does) and the batches come in a seeded random order."""
-        size = self.micro_batch
-        if self.data.length_group == 1:
-            return [samples[start : start + size] for start in range(0, len(samples), size)]
-        ordered = sorted(samples, key=lambda sample: sample.tokenized.num_tokens)  # stable: ties keep stream order
+        size, grouped = self.micro_batch, self.data.length_group > 1
+        # sorted() is stable: ties keep stream order
+        ordered = sorted(samples, key=lambda sample: sample.tokenized.num_tokens) if grouped else samples
         chunks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
-        rng.shuffle(chunks)
+        if grouped:
+            rng.shuffle(chunks)
         return chunks
 
     def collate(self, samples: list[PreparedSample], rng: random.Random) -> FusionBatch:

@@ -30,10 +30,10 @@ class TransformersVLM(TransformersLLM):
 
         params = self.params
         if params.gguf_file:
-            raise ValueError(f"transformers_vlm {params.path!r}: GGUF files are not supported for vision models")
+            raise ValueError(f"{self.kind} {params.path!r}: GGUF files are not supported for vision models")
         self.processor = AutoProcessor.from_pretrained(path, revision=params.revision)
         if not getattr(self.processor, "chat_template", None):
-            raise ValueError(f"transformers_vlm {params.path!r}: the processor has no chat template")
+            raise ValueError(f"{self.kind} {params.path!r}: the processor has no chat template")
         tokenizer = self.processor.tokenizer
         tokenizer.padding_side = "left"
         return tokenizer, AutoModelForImageTextToText.from_pretrained(path, revision=params.revision, dtype=dtype)

@@ -310,3 +310,16 @@ class ModelTagger(Stage):
 @register_stage("test_unbuildable")
 class Unbuildable(Filter):
     """A filter without its ``check``: it cannot be instantiated."""
+
+
+@register_stage("test_actor_only_model")
+class ActorOnlyModel(Filter):
+    """Stands for a stage whose model loads only where its GPUs are: building it anywhere else raises."""
+
+    uses_model = True
+
+    def __init__(self, stage_id, params, context):
+        raise RuntimeError("no GPU in this process")
+
+    def check(self, record: SampleRecord, scores: dict[str, float]) -> str | None:
+        return None

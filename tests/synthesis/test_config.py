@@ -92,3 +92,11 @@ def test_a_stage_that_cannot_be_built_fails_the_run_at_once_naming_it(tmp_path):
                                           r"TypeError: Can't instantiate abstract class"):
         synthesize(config, tmp_path / "out", use_ray=False)
     assert not list((tmp_path / "out").glob("work/*/*"))  # no unit ran
+
+
+def test_the_driver_builds_cpu_stages_only_never_a_stage_with_its_own_model():
+    from pipeline.synthesis import check_stages_build, run_context
+
+    config = small_config("plugins=[tests.synthesis.plugin_stages]",
+                          "stages=[{name: procedural_scene}, {name: test_actor_only_model}]")
+    check_stages_build(config, run_context(config))  # its model would load on the driver otherwise
