@@ -138,6 +138,16 @@ class EvalSection(Strict):
     max_new_tokens_short: int = Field(8, ge=1, description="For short answers, yes/no and option letters")
 
 
+class VisionWarmupConfig(Strict):
+    """Dense scene-graph targets for a vision tower built from scratch (train/vision_warmup.py); 0 steps: off."""
+
+    steps: int = Field(0, ge=0, description="Warm-up steps before step 0 (procedural data with scene graphs)")
+    lr: float = Field(2e-3, gt=0)
+    warmup_ratio: float = Field(0.02, ge=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    max_images: int = Field(6000, ge=1, description="Images read from the training sources, in shard order")
+
+
 class TrainConfig(Strict):
     name: str
     seed: int = 0
@@ -159,6 +169,7 @@ class TrainConfig(Strict):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     log: LogSection = Field(default_factory=LogSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    vision_warmup: VisionWarmupConfig = Field(default_factory=VisionWarmupConfig)
 
     @model_validator(mode="after")
     def _has_length(self) -> TrainConfig:

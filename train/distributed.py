@@ -89,6 +89,14 @@ def gather_objects(obj: object) -> list[object]:
     return gathered
 
 
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Rank 0's parameter values on every rank (before a strategy wraps or shards the module)."""
+    if dist.is_initialized():
+        with torch.no_grad():
+            for parameter in module.parameters():
+                dist.broadcast(parameter.data, src=0)
+
+
 def broadcast_object(obj: object) -> object:
     if not dist.is_initialized():
         return obj

@@ -1,7 +1,7 @@
 """The second half of `fusion run`: train on the synthesized shards, evaluate on the held-out ones, write the report.
 
     OUT/dataset/   the synthesized dataset (shards, manifest, card)
-    OUT/train/     train_config.yaml, tokenizer/, checkpoints/, metrics.jsonl, tensorboard/
+    OUT/train/     train_config.yaml, tokenizer/, vision_warmup.json, checkpoints/, metrics.jsonl, tensorboard/
     OUT/eval/      predictions.jsonl, results.json
     OUT/report.md  loss curve, accuracy tables beside the baselines, learning checks, where everything is
 
@@ -11,6 +11,7 @@ is not redone), and evaluation and the report are written again.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from train.config import TrainConfig, train_config_from_section
 from train.evaluate import evaluate, format_table
 from train.report import LOSS_CURVE, write_report
 from train.trainer import CONFIG_FILE, train
+from train.vision_warmup import RESULT_FILE as WARMUP_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ def train_and_evaluate(config: TrainConfig, dataset: Path, out: Path, *, synthes
         "training config": f"`{config.name}` (saved as `{out / TRAIN_DIR / CONFIG_FILE}`)",
         "model": f"`{config.model.preset}` trained from scratch" if config.model.init_from is None
         else f"`{config.model.preset}` from `{config.model.init_from}`",
+        "vision warm-up": _warmup_summary(out / TRAIN_DIR / WARMUP_FILE),
         "optimizer steps": f"{result.steps} of {result.total_steps} (global batch {config.batch.global_batch})",
         "held-out questions": results["items"],
         "training time": f"{train_seconds:.0f} s (this invocation)",
@@ -69,7 +72,19 @@ def train_and_evaluate(config: TrainConfig, dataset: Path, out: Path, *, synthes
         "predictions": out / EVAL_DIR / "predictions.jsonl", "results": out / EVAL_DIR / "results.json",
         "loss curve": out / LOSS_CURVE,
     }
+    if (out / TRAIN_DIR / WARMUP_FILE).is_file():
+        paths["vision warm-up losses"] = out / TRAIN_DIR / WARMUP_FILE
     report = write_report(out, results=results, paths=paths, summary=summary)
     passed = all(check["passed"] for check in results["checks"])
     print(f"report:  {report}")
     return RunOutcome(report, results, passed)
+
+
+def _warmup_summary(path: Path) -> str:
+    if not path.is_file():
+        return "none (the vision tower started from the preset's weights)"
+    warmup = json.loads(path.read_text())
+    first, last = warmup["first_losses"], warmup["last_losses"]
+    losses = ", ".join(f"{name} {first[name]:.2f} -> {last[name]:.2f}" for name in first)
+    return (f"{warmup['steps']} steps on {warmup['examples']} images with scene graphs "
+            f"(train/vision_warmup.py; dense losses {losses})")

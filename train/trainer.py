@@ -24,13 +24,21 @@ from train.checkpoint import (
     save_checkpoint,
 )
 from train.config import SourceSpec, TrainConfig, TrainConfigError, save_train_config
-from train.distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed, make_strategy
+from train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    broadcast_parameters,
+    gather_objects,
+    init_distributed,
+    make_strategy,
+)
 from train.flops import FusionFlops, peak_flops
 from train.loader import LoaderPosition, ShardLoader, TrainBatch, bad_count
 from train.metrics import METRICS_FILE, MetricsLogger
 from train.modeling import build_model
 from train.optim import build_optimizer, build_scheduler
 from train.sources import resolve_sources
+from train.vision_warmup import warm_up_vision
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +88,12 @@ def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | No
 
     sources = resolve_sources(config.data.sources, config.seed)
     model = build_model(config.model, seed=config.seed, sources=sources, out=out, info=info)
+    checkpoint = resolve_checkpoint(out, resume) if resume else None
+    if checkpoint is None and config.vision_warmup.steps:
+        # Every rank warms the same way from the same seed; rank 0's tower is then the one all ranks keep.
+        warm_up_vision(model, sources, config.vision_warmup, config.seed, out if info.is_main else None,
+                       progress=config.log.progress and info.is_main)
+        broadcast_parameters(model.vision)
     model.uniform_execution = True  # same modules on every rank each step (text-only batches included)
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -107,7 +121,6 @@ def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | No
     state = TrainerState(total_steps=total_steps, world_size=info.world_size, strategy=strategy.name,
                          config_name=config.name)
     position = loader.new_position(0)
-    checkpoint = resolve_checkpoint(out, resume) if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, info=info, strategy=strategy, model=wrapped, optimizer=optimizer)
         scheduler.load_state_dict(state.scheduler)

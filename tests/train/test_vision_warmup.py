@@ -1,0 +1,69 @@
+"""The vision warm-up: it lowers the dense scene losses, changes the vision tower only, runs once (a resumed run
+continues exactly without it) and fails clearly on data without scene graphs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.train.conftest import image_samples, write_sizes, write_tar
+from train.checkpoint import resolve_checkpoint
+from train.config import SourceSpec, VisionWarmupConfig, load_train_config
+from train.distributed import DistInfo
+from train.metrics import read_metrics
+from train.modeling import build_model
+from train.sources import resolve_sources
+from train.trainer import train
+from train.vision_warmup import RESULT_FILE, VisionWarmupError, warm_up_vision, warmup_examples
+
+
+def tiny_model_and_sources(data, out):
+    config = load_train_config("tiny", [])
+    sources = resolve_sources([SourceSpec(path=str(data))], seed=0)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    return build_model(config.model, seed=0, sources=sources, out=out, info=info), sources
+
+
+def test_the_warm_up_lowers_the_scene_losses_and_changes_only_the_vision_tower(small_dataset, tmp_path):
+    model, sources = tiny_model_and_sources(small_dataset, tmp_path)
+    examples, skipped = warmup_examples(model, sources, max_images=40)
+    assert len(examples) == 40 and not skipped  # every procedural record has its scene graph
+    vision_before = {k: v.clone() for k, v in model.vision.state_dict().items()}
+    others_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("vision.")}
+
+    result = warm_up_vision(model, sources, VisionWarmupConfig(steps=100, batch_size=16, max_images=40), seed=0,
+                            out=tmp_path, progress=False)
+
+    first, last = result["first_losses"], result["last_losses"]
+    assert all(last[name] < 0.7 * first[name] for name in ("colour", "shape", "style", "count"))  # ~0.5x measured
+    assert json.loads((tmp_path / RESULT_FILE).read_text())["steps"] == 100
+    assert any(not torch.equal(v, model.vision.state_dict()[k]) for k, v in vision_before.items())
+    others_after = {k: v for k, v in model.state_dict().items() if not k.startswith("vision.")}
+    assert all(torch.equal(v, others_after[k]) for k, v in others_before.items())
+
+
+def test_a_resumed_run_continues_exactly_and_does_not_warm_up_again(small_dataset, tmp_path, caplog):
+    config = load_train_config("tiny", ["vision_warmup.steps=6", "vision_warmup.batch_size=4"])
+    straight = train(config, tmp_path / "straight", data=str(small_dataset))
+    train(config, tmp_path / "resumed", data=str(small_dataset), stop_after=2)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="train.vision_warmup"):
+        resumed = train(config, tmp_path / "resumed", data=str(small_dataset), resume="latest")
+    assert not [r for r in caplog.records if "vision warm-up" in r.getMessage()]
+    assert [r["loss"] for r in read_metrics(resumed.metrics)] == [r["loss"] for r in read_metrics(straight.metrics)]
+    assert resolve_checkpoint(tmp_path / "resumed", "latest") is not None
+    # the warm-up changed the tower the training started from
+    plain = train(load_train_config("tiny", ["max_steps=1"]), tmp_path / "plain", data=str(small_dataset))
+    warmed = train(config.model_copy(update={"max_steps": 1}), tmp_path / "warmed", data=str(small_dataset))
+    assert read_metrics(plain.metrics)[0]["loss"] != read_metrics(warmed.metrics)[0]["loss"]
+
+
+def test_data_without_scene_graphs_is_a_clear_error(tmp_path):
+    shards = tmp_path / "plain"
+    tar = write_tar(shards / "train-00000.tar", image_samples("plain", 6))
+    write_sizes(shards, [tar], [6])
+    model, sources = tiny_model_and_sources(shards / "*.tar", tmp_path)
+    with pytest.raises(VisionWarmupError, match=r"metadata\.scenes.*vision_warmup\.steps: 0"):
+        warm_up_vision(model, sources, VisionWarmupConfig(steps=2), seed=0, progress=False)

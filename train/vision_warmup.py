@@ -1,0 +1,188 @@
+"""Vision warm-up: teach a vision tower built from scratch to see procedural scenes before the FUSION training.
+
+The paper starts from a pretrained SigLIP; offline there is none to download, and a random tower trained only
+through the language loss learns the image slowly (measured on the demo: the QA loss with each sample's own image
+equals the loss with another sample's image after 800 steps). The procedural records carry their scene graphs,
+so the tower first learns dense targets drawn from them (``generators/procedural/labels.py``): per patch the
+colour and shape shares, the shape of the object centred in the patch, and per image the background style and
+the number of shapes. Small linear heads on the tower's connector input are trained with it and then dropped.
+
+It runs once, before step 0 (a resumed run has the warmed tower in its checkpoint), on samples of the training
+sources that have scene graphs; a record without one is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from generators.procedural.labels import COLOUR_CLASSES, MAX_SHAPE_COUNT, NO_CENTRE, SHAPE_CLASSES, scene_labels
+from generators.procedural.vocabulary import BACKGROUND_STYLES
+from model.fusion import FusionModel
+from pipeline.fileio import atomic_write_text
+from train.config import VisionWarmupConfig
+from train.loader import IMAGE_EXTENSIONS, shard_samples
+from train.sources import Source
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE = "vision_warmup.json"
+SUMMARY_STEPS = 20
+
+
+class VisionWarmupError(ValueError):
+    pass
+
+
+@dataclass
+class WarmupExample:
+    pixels: torch.Tensor  # (3, H, W): the full view, as the model sees it
+    colour_shares: torch.Tensor
+    shape_shares: torch.Tensor
+    centre_shapes: torch.Tensor
+    background_style: int
+    shape_count: int
+
+
+class WarmupHeads(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.colour = nn.Linear(width, len(COLOUR_CLASSES))
+        self.shape = nn.Linear(width, len(SHAPE_CLASSES))
+        self.centre = nn.Linear(width, len(SHAPE_CLASSES))
+        self.style = nn.Linear(width, len(BACKGROUND_STYLES))
+        self.count = nn.Linear(width, MAX_SHAPE_COUNT + 1)
+
+
+def warmup_examples(model: FusionModel, sources: list[Source], max_images: int) -> tuple[list[WarmupExample], Counter]:
+    """Up to ``max_images`` examples from the sources' shards, in shard order; counts of what was skipped."""
+    processor = model.sequence_builder.image_processor
+    size, patch = model.config.image.image_size, model.vision.patch_size
+    counts: Counter = Counter()
+    examples: list[WarmupExample] = []
+    for source in sources:
+        for shard in source.shards:
+            keep = None if shard.keep is None else set(shard.keep)
+            for position, raw in shard_samples(shard, counts):
+                if len(examples) >= max_images:
+                    return examples, counts
+                if keep is not None and position not in keep:
+                    continue
+                example = _example(raw, processor, size, patch, counts)
+                if example is not None:
+                    examples.append(example)
+    return examples, counts
+
+
+def _example(raw: dict, processor, size: int, patch: int, counts: Counter) -> WarmupExample | None:
+    try:
+        record = json.loads(raw["json"])
+        metadata = record.get("metadata") or {}
+        metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+        scenes = metadata.get("scenes")
+        image_bytes = next((raw[e] for e in IMAGE_EXTENSIONS if e in raw), None)
+        if not scenes or image_bytes is None:
+            counts["without_scene_or_image"] += 1
+            return None
+        labels = scene_labels(scenes, size, patch)
+        pixels = processor(Image.open(io.BytesIO(image_bytes)))[-1]
+    except (KeyError, ValueError, TypeError, OSError) as error:
+        counts["bad_sample"] += 1
+        logger.warning("vision warm-up: sample %s skipped: %s", raw.get("__key__", "?"), error)
+        return None
+    return WarmupExample(pixels, torch.from_numpy(labels.colour_shares), torch.from_numpy(labels.shape_shares),
+                         torch.from_numpy(labels.centre_shapes), labels.background_style, labels.shape_count)
+
+
+def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupExample]) -> dict[str, torch.Tensor]:
+    """Soft cross-entropy on the patch shares, cross-entropy on centred shapes, the style and the count."""
+    features = model.vision(torch.stack([e.pixels for e in examples]).to(_device(model))).features
+    device = features.device
+
+    def soft_ce(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        return -(shares.to(device) * logits.log_softmax(-1)).sum(-1).mean()
+
+    pooled = features.mean(dim=1)
+    centres = torch.stack([e.centre_shapes for e in examples]).to(device)
+    return {
+        "colour": soft_ce(heads.colour(features), torch.stack([e.colour_shares for e in examples])),
+        "shape": soft_ce(heads.shape(features), torch.stack([e.shape_shares for e in examples])),
+        "centre": nn.functional.cross_entropy(heads.centre(features).flatten(0, 1), centres.flatten(),
+                                              ignore_index=NO_CENTRE),
+        "style": nn.functional.cross_entropy(
+            heads.style(pooled), torch.tensor([e.background_style for e in examples], device=device)),
+        "count": nn.functional.cross_entropy(
+            heads.count(pooled), torch.tensor([e.shape_count for e in examples], device=device)),
+    }
+
+
+def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarmupConfig, seed: int,
+                   out: Path | None = None, progress: bool = True) -> dict:
+    """Train ``model.vision`` on dense scene targets for ``config.steps`` steps; returns (and saves) the losses."""
+    examples, counts = warmup_examples(model, sources, config.max_images)
+    if not examples:
+        raise VisionWarmupError(
+            f"vision_warmup: none of the training sources ({', '.join(s.name for s in sources)}) has a sample "
+            f"with a scene graph (metadata.scenes, written by the procedural generator) and an image "
+            f"({dict(counts) or 'no sample read'}); set vision_warmup.steps: 0 for other data")
+    if counts:
+        logger.info("vision warm-up: %d examples, skipped %s", len(examples), dict(counts))
+    with torch.random.fork_rng(devices=[]):  # seeded heads; the training's random stream is left as it was
+        torch.manual_seed(seed)
+        heads = WarmupHeads(model.vision.output_size).to(_device(model))
+    parameters = [p for p in model.vision.parameters() if p.requires_grad] + list(heads.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
+    ramp = max(1, int(config.warmup_ratio * config.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, ramp, config.steps))
+    order = random.Random(seed)
+    history: list[dict[str, float]] = []
+    was_training = model.vision.training
+    model.vision.train()
+    with tqdm(total=config.steps, desc="vision warm-up", unit="step", disable=not progress) as bar:
+        for _ in range(config.steps):
+            batch = [examples[order.randrange(len(examples))] for _ in range(config.batch_size)]
+            losses = warmup_losses(model, heads, batch)
+            total = sum(losses.values())
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            history.append({name: float(value.detach()) for name, value in losses.items()})
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+    model.vision.train(was_training)
+    span = max(1, min(SUMMARY_STEPS, len(history) // 2))  # single batches are noisy: means of the first and last steps
+    first, last = _mean_losses(history[:span]), _mean_losses(history[-span:])
+    result = {"steps": config.steps, "examples": len(examples), "skipped": dict(counts), "first_losses": first,
+              "last_losses": last}
+    logger.info("vision warm-up: %d steps on %d examples, losses %s -> %s", config.steps, len(examples), first, last)
+    if out is not None:
+        atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2))
+    return result
+
+
+def _mean_losses(steps: list[dict[str, float]]) -> dict[str, float]:
+    return {name: round(sum(step[name] for step in steps) / len(steps), 4) for name in steps[0]} if steps else {}
+
+
+def _cosine(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 0 (the main training's schedule shape)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _device(model: FusionModel) -> torch.device:
+    return next(model.vision.parameters()).device
