@@ -47,7 +47,7 @@ class VisionWarmupError(ValueError):
 
 @dataclass
 class WarmupExample:
-    pixels: torch.Tensor  # (3, H, W): the full view, as the model sees it
+    image: bytes  # encoded, decoded per batch: thousands of decoded large images would not fit in memory
     colour_shares: torch.Tensor
     shape_shares: torch.Tensor
     centre_shapes: torch.Tensor
@@ -67,7 +67,6 @@ class WarmupHeads(nn.Module):
 
 def warmup_examples(model: FusionModel, sources: list[Source], max_images: int) -> tuple[list[WarmupExample], Counter]:
     """Up to ``max_images`` examples from the sources' shards, in shard order; counts of what was skipped."""
-    processor = model.sequence_builder.image_processor
     size, patch = model.config.image.image_size, model.vision.patch_size
     counts: Counter = Counter()
     examples: list[WarmupExample] = []
@@ -79,13 +78,13 @@ def warmup_examples(model: FusionModel, sources: list[Source], max_images: int) 
                     return examples, counts
                 if keep is not None and position not in keep:
                     continue
-                example = _example(raw, processor, size, patch, counts)
+                example = _example(raw, size, patch, counts)
                 if example is not None:
                     examples.append(example)
     return examples, counts
 
 
-def _example(raw: dict, processor, size: int, patch: int, counts: Counter) -> WarmupExample | None:
+def _example(raw: dict, size: int, patch: int, counts: Counter) -> WarmupExample | None:
     try:
         record = json.loads(raw["json"])
         metadata = record.get("metadata") or {}
@@ -96,18 +95,20 @@ def _example(raw: dict, processor, size: int, patch: int, counts: Counter) -> Wa
             counts["without_scene_or_image"] += 1
             return None
         labels = scene_labels(scenes, size, patch)
-        pixels = processor(Image.open(io.BytesIO(image_bytes)))[-1]
+        Image.open(io.BytesIO(image_bytes)).verify()  # a broken image is skipped here, not mid-training
     except (KeyError, ValueError, TypeError, OSError) as error:
         counts["bad_sample"] += 1
         logger.warning("vision warm-up: sample %s skipped: %s", raw.get("__key__", "?"), error)
         return None
-    return WarmupExample(pixels, torch.from_numpy(labels.colour_shares), torch.from_numpy(labels.shape_shares),
+    return WarmupExample(image_bytes, torch.from_numpy(labels.colour_shares), torch.from_numpy(labels.shape_shares),
                          torch.from_numpy(labels.centre_shapes), labels.background_style, labels.shape_count)
 
 
 def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupExample]) -> dict[str, torch.Tensor]:
     """Soft cross-entropy on the patch shares, cross-entropy on centred shapes, the style and the count."""
-    features = model.vision(torch.stack([e.pixels for e in examples]).to(_device(model))).features
+    processor = model.sequence_builder.image_processor
+    pixels = torch.stack([processor(Image.open(io.BytesIO(e.image)))[-1] for e in examples])  # the full view
+    features = model.vision(pixels.to(_device(model))).features
     device = features.device
 
     def soft_ce(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
@@ -130,6 +131,9 @@ def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupE
 def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarmupConfig, seed: int,
                    out: Path | None = None, progress: bool = True) -> dict:
     """Train ``model.vision`` on dense scene targets for ``config.steps`` steps; returns (and saves) the losses."""
+    tower = [p for p in model.vision.parameters() if p.requires_grad]
+    if not tower:
+        raise VisionWarmupError("vision_warmup.steps > 0 but the vision tower is frozen (model.trainable)")
     examples, counts = warmup_examples(model, sources, config.max_images)
     if not examples:
         raise VisionWarmupError(
@@ -141,7 +145,7 @@ def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarm
     with torch.random.fork_rng(devices=[]):  # seeded heads; the training's random stream is left as it was
         torch.manual_seed(seed)
         heads = WarmupHeads(model.vision.output_size).to(_device(model))
-    parameters = [p for p in model.vision.parameters() if p.requires_grad] + list(heads.parameters())
+    parameters = tower + list(heads.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
     ramp = max(1, int(config.warmup_ratio * config.steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, ramp, config.steps))

@@ -67,3 +67,10 @@ def test_data_without_scene_graphs_is_a_clear_error(tmp_path):
     model, sources = tiny_model_and_sources(shards / "*.tar", tmp_path)
     with pytest.raises(VisionWarmupError, match=r"metadata\.scenes.*vision_warmup\.steps: 0"):
         warm_up_vision(model, sources, VisionWarmupConfig(steps=2), seed=0, progress=False)
+
+
+def test_a_frozen_tower_is_a_clear_error(small_dataset, tmp_path):
+    model, sources = tiny_model_and_sources(small_dataset, tmp_path)
+    model.set_trainable({"vision_tower": False})
+    with pytest.raises(VisionWarmupError, match="vision tower is frozen"):
+        warm_up_vision(model, sources, VisionWarmupConfig(steps=2), seed=0, progress=False)
