@@ -115,12 +115,15 @@ def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupE
         return -(shares.to(device) * logits.log_softmax(-1)).sum(-1).mean()
 
     pooled = features.mean(dim=1)
-    centres = torch.stack([e.centre_shapes for e in examples]).to(device)
+    centres = torch.stack([e.centre_shapes for e in examples]).to(device).flatten()
+    centre_logits = heads.centre(features).flatten(0, 1)
+    # scenes without objects have no centre: a batch of only those has no centre term (not a NaN mean)
+    centre = nn.functional.cross_entropy(centre_logits, centres, ignore_index=NO_CENTRE) \
+        if (centres != NO_CENTRE).any() else centre_logits.sum() * 0.0
     return {
         "colour": soft_ce(heads.colour(features), torch.stack([e.colour_shares for e in examples])),
         "shape": soft_ce(heads.shape(features), torch.stack([e.shape_shares for e in examples])),
-        "centre": nn.functional.cross_entropy(heads.centre(features).flatten(0, 1), centres.flatten(),
-                                              ignore_index=NO_CENTRE),
+        "centre": centre,
         "style": nn.functional.cross_entropy(
             heads.style(pooled), torch.tensor([e.background_style for e in examples], device=device)),
         "count": nn.functional.cross_entropy(

@@ -74,3 +74,16 @@ def test_a_frozen_tower_is_a_clear_error(small_dataset, tmp_path):
     model.set_trainable({"vision_tower": False})
     with pytest.raises(VisionWarmupError, match="vision tower is frozen"):
         warm_up_vision(model, sources, VisionWarmupConfig(steps=2), seed=0, progress=False)
+
+
+def test_a_batch_without_object_centres_has_no_centre_term(small_dataset, tmp_path):
+    import dataclasses
+
+    from generators.procedural.labels import NO_CENTRE
+    from train.vision_warmup import WarmupHeads, warmup_losses
+
+    model, sources = tiny_model_and_sources(small_dataset, tmp_path)
+    examples, _ = warmup_examples(model, sources, max_images=4)
+    empty = [dataclasses.replace(e, centre_shapes=torch.full_like(e.centre_shapes, NO_CENTRE)) for e in examples]
+    losses = warmup_losses(model, WarmupHeads(model.vision.output_size), empty)
+    assert losses["centre"].item() == 0.0 and all(torch.isfinite(v) for v in losses.values())
