@@ -33,7 +33,7 @@ from pipeline.fileio import atomic_write_text
 from pipeline.record import MULTIPLE_CHOICE_INSTRUCTION, SHORT_ANSWER_INSTRUCTION, SampleRecord
 from pipeline.planning import derive_seed
 from train.config import EvalSection, SourceSpec
-from train.loader import IMAGE_EXTENSIONS, shard_samples
+from train.loader import image_member, shard_samples
 from train.scoring import (
     CAPTION,
     EXACT_KINDS,
@@ -111,7 +111,7 @@ def held_out_items(dataset: str, split: str, max_per_category: int | None) -> li
             if max_per_category is not None and per_category[record.category] >= max_per_category:
                 continue
             per_category[record.category] += 1
-            image = next((raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
+            image = image_member(raw)
             qa_entries = record.metadata.get("qa", []) if isinstance(record.metadata, dict) else []
             turns = record.conversations
             for turn in range(len(turns) // 2):

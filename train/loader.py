@@ -55,6 +55,11 @@ logger = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the loader forks workers after tokenizing
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def image_member(raw: dict[str, Any]) -> bytes | None:
+    """The encoded image of a raw webdataset sample, None when it has none."""
+    return next((raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
 BAD_REASONS = ("unreadable_shard", "corrupt_shard", "missing_json", "bad_json", "missing_image", "bad_conversation",
                "no_supervised_tokens", "too_long", "bad_image")
 FILTERED_REASONS = ("below_threshold",)
@@ -262,8 +267,7 @@ class SampleProcessor:
         if not self._passes_thresholds(record.scores, source):
             counts["below_threshold"] += 1
             return None
-        image_bytes = None if source.spec.text_only else next(
-            (raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
+        image_bytes = None if source.spec.text_only else image_member(raw)
         has_image = image_bytes is not None
         if not has_image and not source.spec.text_only and _asks_for_image(record.conversations):
             # a sample of an image shard that lost its image member (a truncated tar) is not a text-only sample

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -31,8 +30,10 @@ from generators.procedural.labels import COLOUR_CLASSES, MAX_SHAPE_COUNT, NO_CEN
 from generators.procedural.vocabulary import BACKGROUND_STYLES
 from model.fusion import FusionModel
 from pipeline.fileio import atomic_write_text
+from pipeline.record import SampleRecord
 from train.config import VisionWarmupConfig
-from train.loader import IMAGE_EXTENSIONS, shard_samples
+from train.loader import image_member, shard_samples
+from train.optim import lr_factor
 from train.sources import Source
 
 logger = logging.getLogger(__name__)
@@ -86,11 +87,8 @@ def warmup_examples(model: FusionModel, sources: list[Source], max_images: int) 
 
 def _example(raw: dict, size: int, patch: int, counts: Counter) -> WarmupExample | None:
     try:
-        record = json.loads(raw["json"])
-        metadata = record.get("metadata") or {}
-        metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
-        scenes = metadata.get("scenes")
-        image_bytes = next((raw[e] for e in IMAGE_EXTENSIONS if e in raw), None)
+        scenes = SampleRecord.from_json_dict(json.loads(raw["json"])).metadata.get("scenes")
+        image_bytes = image_member(raw)
         if not scenes or image_bytes is None:
             counts["without_scene_or_image"] += 1
             return None
@@ -151,7 +149,8 @@ def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarm
     parameters = tower + list(heads.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
     ramp = max(1, int(config.warmup_ratio * config.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, ramp, config.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.steps, ramp, "cosine", 0.0))  # the main training's shape
     order = random.Random(seed)
     history: list[dict[str, float]] = []
     was_training = model.vision.training
@@ -182,13 +181,6 @@ def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarm
 
 def _mean_losses(steps: list[dict[str, float]]) -> dict[str, float]:
     return {name: round(sum(step[name] for step in steps) / len(steps), 4) for name in steps[0]} if steps else {}
-
-
-def _cosine(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 0 (the main training's schedule shape)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def _device(model: FusionModel) -> torch.device:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from generators.procedural.render import shape_outline
+from generators.procedural.render import fill_shape
 from generators.procedural.signs import board_geometry
 from generators.procedural.vocabulary import BACKGROUND_STYLES, OBJECT_COLORS, SHAPES
 
@@ -41,9 +41,7 @@ def object_index_map(scenes: list[dict[str, Any]], size: int | None = None) -> t
     objects in that order: at the image's own size, or squashed to (size, size) as the image processor does."""
     if not scenes:
         raise ValueError("no scene graph: dense labels need metadata.scenes")
-    width = max(scene["offset_x"] + scene["width"] for scene in scenes)
-    height = max(scene["height"] for scene in scenes)
-    canvas = Image.new("L", (width, height), 0)
+    canvas = Image.new("L", _canvas_size(scenes), 0)
     draw = ImageDraw.Draw(canvas)
     objects: list[dict[str, Any]] = []
     for scene in scenes:
@@ -58,19 +56,18 @@ def object_index_map(scenes: list[dict[str, Any]], size: int | None = None) -> t
     return np.asarray(canvas), objects
 
 
+def _canvas_size(scenes: list[dict[str, Any]]) -> tuple[int, int]:
+    return max(s["offset_x"] + s["width"] for s in scenes), max(s["height"] for s in scenes)
+
+
 def _draw_object(draw: ImageDraw.ImageDraw, obj: dict[str, Any], dx: int, index: int) -> None:
-    x, y, r = obj["x"] + dx, obj["y"], obj["radius"]
-    if obj["kind"] != "shape":
-        geometry = board_geometry(obj["kind"], obj["text"], obj["font_size"])
-        left, top = obj["box"][0] + dx, obj["box"][1]
-        for x0, y0, x1, y1 in (geometry.board, *geometry.frame_parts):
-            draw.rectangle((left + x0, top + y0, left + x1, top + y1), fill=index)
-    elif obj["shape"] == "circle":
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=index)
-    elif obj["shape"] == "square":
-        draw.rectangle((x - r, y - r, x + r, y + r), fill=index)
-    else:
-        draw.polygon(shape_outline(obj["shape"], x, y, r), fill=index)
+    if obj["kind"] == "shape":
+        fill_shape(draw, obj["shape"], obj["x"] + dx, obj["y"], obj["radius"], index)
+        return
+    geometry = board_geometry(obj["kind"], obj["text"], obj["font_size"])
+    left, top = obj["box"][0] + dx, obj["box"][1]
+    for x0, y0, x1, y1 in (geometry.board, *geometry.frame_parts):
+        draw.rectangle((left + x0, top + y0, left + x1, top + y1), fill=index)
 
 
 def scene_labels(scenes: list[dict[str, Any]], size: int, patch: int) -> SceneLabels:
@@ -89,8 +86,7 @@ def scene_labels(scenes: list[dict[str, Any]], size: int, patch: int) -> SceneLa
         return np.stack([(labels == c).mean(axis=1) for c in range(count)], axis=1).astype(np.float32)
 
     centres = np.full(grid * grid, NO_CENTRE, dtype=np.int64)
-    width = max(scene["offset_x"] + scene["width"] for scene in scenes)
-    height = max(scene["height"] for scene in scenes)
+    width, height = _canvas_size(scenes)
     k = 0
     for scene in scenes:
         for obj in scene["objects"]:

@@ -69,17 +69,21 @@ def shape_outline(shape: str, x: int, y: int, r: int) -> list[tuple[int, int]]:
     return []
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
-    x, y, r = obj.x, obj.y, obj.radius
-    if obj.shape == "circle":
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=obj.rgb)
-    elif obj.shape == "square":
-        draw.rectangle((x - r, y - r, x + r, y + r), fill=obj.rgb)
+def fill_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, r: int, fill: int | tuple[int, ...]) -> None:
+    """Draw ``shape`` centred on (x, y) in the square of radius r, without anti-aliasing."""
+    if shape == "circle":
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+    elif shape == "square":
+        draw.rectangle((x - r, y - r, x + r, y + r), fill=fill)
     else:
-        outline = shape_outline(obj.shape, x, y, r)
+        outline = shape_outline(shape, x, y, r)
         if not outline:
-            raise ValueError(f"unknown shape {obj.shape!r}")
-        draw.polygon(outline, fill=obj.rgb)
+            raise ValueError(f"unknown shape {shape!r}")
+        draw.polygon(outline, fill=fill)
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
+    fill_shape(draw, obj.shape, obj.x, obj.y, obj.radius, obj.rgb)
 
 
 def draw_board(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
