@@ -23,7 +23,6 @@ from pipeline.stage import RunContext
 from pipeline.stage_runner import ProgressReporter, StageRunner, StageStats, build_stages, new_records
 from pipeline.unit_writer import WRITER_STAGE, write_unit
 
-
 # CPUs a task reserves while it mostly waits on shared models, unless its stages say otherwise: small, so
 # enough units are in flight at once for the models' replicas to batch their calls together.
 MODEL_CLIENT_CPUS = 0.25

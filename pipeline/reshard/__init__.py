@@ -25,8 +25,8 @@ from pipeline.fileio import atomic_path, atomic_write_text, sha256_file
 from pipeline.indexing import check_unique_keys, load_manifest
 from pipeline.layout import OutputLayout
 from pipeline.planning import SPLITS
-from pipeline.reshard.where import WhereError, compile_where, evaluate_where
 from pipeline.record import STATUS_REJECTED, canonical_json_text
+from pipeline.reshard.where import WhereError, compile_where, evaluate_where
 from pipeline.tables import REJECTS_SCHEMA, SCORE_PREFIX, conform
 from pipeline.tar_members import end_of_archive, member_bytes
 from pipeline.unit_writer import reason_kind

@@ -156,8 +156,20 @@ class SleepStage(Stage):
 
     def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
         time.sleep(self.params.seconds_per_sample * len(records))
+        done = time.time()
         for record in records:
             record.metadata[f"{self.id}_pid"] = os.getpid()
+            record.metadata[f"{self.id}_done_at"] = done
+
+
+@register_stage("test_clock")
+class ClockStage(Stage):
+    """A CPU stage that stamps when it saw each unit, to check when work after a model stage ran."""
+
+    def process(self, records: list[SampleRecord], unit: UnitContext) -> None:
+        now = time.time()
+        for record in records:
+            record.metadata[f"{self.id}_at"] = now
 
 
 class RejectParams(StageParams):

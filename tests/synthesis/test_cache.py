@@ -1,6 +1,5 @@
 """The model-call cache: replayed calls make resume exact even for a model whose output is random per call."""
 
-import json
 import shutil
 import subprocess
 import sys

@@ -26,7 +26,6 @@ def test_synth_without_ray_prints_where_dataset_and_card_are(tmp_path, capsys):
 
 # --- every command as a user runs it: the console script, a fresh process each time ---------------------------
 
-import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402

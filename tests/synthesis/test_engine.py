@@ -155,6 +155,20 @@ def test_two_actor_pools_of_different_sizes_and_resources_run_the_plan(local_ray
     assert len(placement["gpu_ids"]) == 1 and placement["bundles"] is None
 
 
+def test_units_are_finished_and_written_while_a_model_stage_still_works(local_ray, tmp_path):
+    # Ray Data's downstream-capacity backpressure once held the writer's task back behind the model actor: most
+    # units then went through the stages after the model only once the model had finished every unit.
+    config = small_config(PLUGINS, "categories={SynthColor: {train: 40}}", "dataset.unit_size=4", stages(
+        "{name: test_sleep, id: model, params: {seconds_per_sample: 0.05}, resources: {concurrency: 1}}",
+        "{name: test_clock, id: after}"))
+    synthesize(config, tmp_path / "out")
+    records = shard_records(tmp_path / "out")
+    model_done = max(r.metadata["model_done_at"] for r in records)
+    units_after = {r.metadata["after_at"] for r in records}
+    assert len(units_after) == 10
+    assert sum(t < model_done for t in units_after) >= 7  # held back: 3 of 10
+
+
 def test_tensor_parallel_stages_reserve_a_placement_group_of_gpu_bundles(local_ray, tmp_path):
     config = small_config(PLUGINS, "categories={SynthColor: {train: 4}}", stages(
         "{name: test_placement_probe, resources: {tensor_parallel_size: 2, num_cpus: 0.5}}"))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pipeline.planning import plan_round, split_targets
 from pipeline.synthesis import synthesize
-from tests.synthesis.processes import kill_processes_using
 from tests.synthesis.conftest import SMALL_OVERRIDES, small_config
+from tests.synthesis.processes import kill_processes_using
 from tests.synthesis.test_pipeline import data_files
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,6 @@
 import pytest
 
-from pipeline.record import MULTIPLE_CHOICE_INSTRUCTION, SHORT_ANSWER_INSTRUCTION
-from pipeline.record import SampleRecord
+from pipeline.record import MULTIPLE_CHOICE_INSTRUCTION, SHORT_ANSWER_INSTRUCTION, SampleRecord
 from tests.stage_helpers import run_stages
 
 
