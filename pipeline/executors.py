@@ -177,7 +177,8 @@ def _configure_ray_data() -> None:
     # The downstream-capacity policy weighs an operator's output bytes against what its consumer holds. The writer's
     # outputs are outcome rows of a few hundred bytes each, which the driver reads at once, yet their count alone
     # tripped the ratio: the writer was held back while a model actor ran and every later unit was written only
-    # after the model's last batch (measured: a 3 s tail on a 30 s run). Units bound the memory in flight instead.
+    # after the model's last batch (measured: a 3 s tail on a 30 s run). Without it a fast stage may run ahead of a
+    # slow one by whole units, held in Ray's object store, which spills to disk when full.
     data_context.downstream_capacity_backpressure_ratio = None
 
 
