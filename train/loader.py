@@ -45,8 +45,8 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from model.batch import FusionBatch
 from model.sequence import IMAGE_PLACEHOLDER, SequenceBuilder, SequenceTooLongError, TokenizedConversation
-from pipeline.record import SampleRecord
 from pipeline.planning import derive_seed
+from pipeline.record import SampleRecord
 from train.config import DataSection
 from train.sources import Shard, Source, is_url
 
@@ -55,15 +55,15 @@ logger = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the loader forks workers after tokenizing
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+BAD_REASONS = ("unreadable_shard", "corrupt_shard", "missing_json", "bad_json", "missing_image", "bad_conversation",
+               "no_supervised_tokens", "too_long", "bad_image")
+FILTERED_REASONS = ("below_threshold",)
+WARN_FIRST = 20  # bad samples logged in full per worker before logging every 100th
 
 
 def image_member(raw: dict[str, Any]) -> bytes | None:
     """The encoded image of a raw webdataset sample, None when it has none."""
     return next((raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
-BAD_REASONS = ("unreadable_shard", "corrupt_shard", "missing_json", "bad_json", "missing_image", "bad_conversation",
-               "no_supervised_tokens", "too_long", "bad_image")
-FILTERED_REASONS = ("below_threshold",)
-WARN_FIRST = 20  # bad samples logged in full per worker before logging every 100th
 
 
 class TooManyBadSamplesError(RuntimeError):

@@ -42,7 +42,6 @@ def test_lmms_eval_scores_a_checkpoint_on_the_local_held_out_task(small_dataset,
     # the harness asked the adapter, and the adapter answered what the model answers on its own
     model = FusionModel.from_pretrained(checkpoint)
     import datasets
-
     import yaml
 
     docs = datasets.load_from_disk(str(task_dir / "data"))["test"]

@@ -3,11 +3,13 @@ continues exactly without it) and fails clearly on data without scene graphs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
+from generators.procedural.labels import NO_CENTRE
 from tests.train.conftest import image_samples, write_sizes, write_tar
 from train.checkpoint import resolve_checkpoint
 from train.config import SourceSpec, VisionWarmupConfig, load_train_config
@@ -16,7 +18,14 @@ from train.metrics import read_metrics
 from train.modeling import build_model
 from train.sources import resolve_sources
 from train.trainer import train
-from train.vision_warmup import RESULT_FILE, VisionWarmupError, warm_up_vision, warmup_examples
+from train.vision_warmup import (
+    RESULT_FILE,
+    VisionWarmupError,
+    WarmupHeads,
+    warm_up_vision,
+    warmup_examples,
+    warmup_losses,
+)
 
 
 def tiny_model_and_sources(data, out):
@@ -77,11 +86,6 @@ def test_a_frozen_tower_is_a_clear_error(small_dataset, tmp_path):
 
 
 def test_a_batch_without_object_centres_has_no_centre_term(small_dataset, tmp_path):
-    import dataclasses
-
-    from generators.procedural.labels import NO_CENTRE
-    from train.vision_warmup import WarmupHeads, warmup_losses
-
     model, sources = tiny_model_and_sources(small_dataset, tmp_path)
     examples, _ = warmup_examples(model, sources, max_images=4)
     empty = [dataclasses.replace(e, centre_shapes=torch.full_like(e.centre_shapes, NO_CENTRE)) for e in examples]
