@@ -7,6 +7,7 @@ actor pools that load their model once, the writer as a CPU step of its own.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -90,10 +91,8 @@ class RayExecutor:
         locations = self.snapshot()["locations"]
         for unit in units:
             if unit.unit_id not in seen:
-                stage = locations.get(unit.unit_id, "the first stage")
-                yield UnitOutcome(unit, error=f"the Ray worker running stage {stage!r} on unit {unit.unit_id} died "
-                                              f"{retries + 1} time(s) (a crash outside Python, e.g. out of memory; "
-                                              "see the Ray logs)")
+                yield UnitOutcome(unit, error=worker_died(locations.get(unit.unit_id, "the first stage"), unit,
+                                                          retries + 1))
 
     def _pipeline(self, dataset: Any, segments: list, retries: int) -> Any:
         import ray.data
@@ -206,18 +205,38 @@ def _run_segment_task(batch: pa.Table, **worker_args: Any) -> pa.Table:
 
 
 class _SegmentActor:
-    """Holds a model-backed stage for the life of a Ray actor, so the model loads once."""
+    """Holds a model-backed stage for the life of a Ray actor, so the model loads once.
+
+    Ray retries the units an actor held when it died, also those only queued on it (the pool keeps one unit
+    queued per actor, so the next starts without waiting for the driver's scheduling loop, which polls every
+    0.1 s). A unit's death budget (``faults.unit_retries``) is therefore kept here, on the progress board:
+    only the deaths during which the unit was running count against it.
+    """
 
     def __init__(self, **worker_args: Any) -> None:
         self.worker = SegmentWorker(**worker_args)
+        self.segment = "+".join(spec.stage_id for spec in worker_args["specs"])
+        self.reporter = worker_args["reporter"]
+        self.retries = worker_args["retries"]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _map_rows(batch, self.worker)
+        rows = []
+        for row in batch.to_pylist():
+            unit = WorkUnit.from_dict(json.loads(row["unit"]))
+            deaths = self.reporter.started(unit.unit_id, self.segment) if not row["error"] else 0
+            if deaths > self.retries:
+                rows.append(UnitInFlight(unit, error=worker_died(self.segment, unit, deaths)).to_row())
+            else:
+                rows.append(self.worker(lambda row=row: UnitInFlight.from_row(row)).to_row())
+        return pa.Table.from_pylist(rows, schema=_ROW_SCHEMA)
+
+
+def worker_died(stage: str, unit: WorkUnit, times: int) -> str:
+    return (f"the Ray worker running stage {stage!r} on unit {unit.unit_id} died {times} time(s) (a crash outside "
+            "Python, e.g. out of memory; see the Ray logs)")
 
 
 def _write_units_task(batch: pa.Table, out_dir: str, dataset_config: Any, retries: int, reporter: Any) -> pa.Table:
-    import json
-
     writer = WriterWorker(out_dir, dataset_config, retries, reporter)
     outcomes = [writer(UnitInFlight.from_row(row)) for row in batch.to_pylist()]
     return pa.table({
@@ -228,7 +247,5 @@ def _write_units_task(batch: pa.Table, out_dir: str, dataset_config: Any, retrie
 
 
 def _outcome_from_row(row: dict[str, Any]) -> UnitOutcome:
-    import json
-
     unit = WorkUnit.from_dict(json.loads(row["unit"]))
     return UnitOutcome(unit, stats=json.loads(row["stats"]) if row["stats"] else None, error=row["error"] or None)

@@ -2,7 +2,8 @@
 
 On Ray the counts go to a small actor (fire-and-forget calls, so a stage never waits on them) that the
 driver polls; in-process they go straight to the board. The board also remembers the last stage each unit
-entered, which names the stage when a worker dies without a Python error.
+entered, which names the stage when a worker dies without a Python error, and how often a model actor started
+each unit, so a unit's retries count only the deaths that happened while it ran.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class ProgressBoard:
         self.records: dict[str, int] = defaultdict(int)
         self.rejected: dict[str, int] = defaultdict(int)
         self.locations: dict[str, str] = {}
+        self.starts: dict[str, int] = defaultdict(int)
 
     def advanced(self, stage_id: str, records: int, rejected: int) -> None:
         self.records[stage_id] += records
@@ -26,6 +28,12 @@ class ProgressBoard:
 
     def unit_entered(self, unit_id: str, stage_id: str) -> None:
         self.locations[unit_id] = stage_id
+
+    def started(self, unit_id: str, segment: str) -> int:
+        """Record that ``segment`` starts on the unit; returns how many times it started there before."""
+        key = f"{segment}|{unit_id}"
+        self.starts[key] += 1
+        return self.starts[key] - 1
 
     def snapshot(self) -> dict[str, Any]:
         return {"records": dict(self.records), "rejected": dict(self.rejected), "locations": dict(self.locations)}
@@ -42,6 +50,12 @@ class RayProgressReporter:
 
     def unit_entered(self, unit_id: str, stage_id: str) -> None:
         self.board.unit_entered.remote(unit_id, stage_id)
+
+    def started(self, unit_id: str, segment: str) -> int:
+        """Waits for the board: the mark must be recorded before the stage can kill its worker."""
+        import ray
+
+        return ray.get(self.board.started.remote(unit_id, segment))
 
 
 def ray_progress_board() -> Any:

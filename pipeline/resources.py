@@ -105,17 +105,19 @@ def ray_map_args(spec: StageSpec, unit_retries: int, placement_groups: list[Any]
     low, high = r.pool_bounds()
     threads = {"max_concurrent_calls_per_actor": r.max_concurrency, "enable_true_multi_threading": True} \
         if r.max_concurrency else {}
-    # Units wait in Ray Data's queue, not in an actor's: an actor that dies then fails only the units it was
-    # running, never ones merely queued on it (each would be charged a failed attempt it did not cause).
-    in_flight = r.max_concurrency or 1
+    # One unit queued per actor beyond those it runs, so the next starts as one ends (the driver's scheduling loop
+    # noticed a finished call up to 0.1 s late: 1.7 s of a 33 s model-bound run). Ray retries a dead actor's queued
+    # units too; the actor keeps each unit's own death budget (pipeline/executors.py, _SegmentActor), so Ray's
+    # budget only has to cover the deaths of the units ahead of it as well.
+    in_flight = (r.max_concurrency or 1) + 1
     args: dict[str, Any] = {
         "compute": ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=in_flight,
                                      **threads),
         "num_cpus": r.num_cpus,
-        # Restart a dead actor always; retry the unit it held a bounded number of times. (Ray 2.60 has no
+        # Restart a dead actor always; retry the units it held a bounded number of times. (Ray 2.60 has no
         # named parameter for these yet, hence the pin below 2.64 in pyproject.toml.)
         "max_restarts": -1,
-        "max_task_retries": unit_retries,
+        "max_task_retries": in_flight * (unit_retries + 1),
     }
     if r.tensor_parallel_size > 1:
         args["ray_remote_args_fn"] = tensor_parallel_placement(r, placement_groups)

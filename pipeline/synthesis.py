@@ -22,6 +22,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,13 @@ class RoundsState:
     units_skipped: int = 0
     busy_seconds: float = 0.0
     removed: dict[str, tuple[str, str]] = field(default_factory=dict)  # by run-wide stages: key -> (stage, reason)
+
+
+# Shards are copies of unit tar members plus parquet work, most of it outside the GIL: threads of this process
+# write them. Ray tasks pay off only for data large enough to split across nodes: a task whose worker has to start
+# (the pool's idle workers are gone after a long model stage) cost 2-3 s for 14 small shards, threads 0.3 s.
+SHARD_THREADS = 4
+SHARD_TASKS_MIN_BYTES = 2 << 30
 
 
 def synthesize(config: RunConfig, out_dir: Path, address: str | None = None, use_ray: bool = True,
@@ -250,15 +258,21 @@ def _assemble(config: RunConfig, layout: OutputLayout, targets: list[SplitTarget
                            target.name, len(selected), target.target, sum(u.num_samples for u in units),
                            config.dataset.max_attempts_factor)
     args = [(layout, plan, units, score_names, config.dataset.image_format, state.removed) for plan, units in pending]
-    if use_ray and len(pending) > 1:
+    if use_ray and len(pending) > 1 and _unit_bytes(layout, pending) >= SHARD_TASKS_MIN_BYTES:
         import ray
 
         remote = ray.remote(num_cpus=1, max_retries=config.faults.unit_retries)(write_shard)
         written = ray.get([remote.remote(*a) for a in args])
     else:
-        written = [write_shard(*a) for a in args]
+        with ThreadPoolExecutor(max_workers=SHARD_THREADS) as pool:
+            written = list(pool.map(lambda a: write_shard(*a), args))
     order = {(t.category, t.split): i for i, t in enumerate(targets)}
     return sorted(current + written, key=lambda s: (order[(s["category"], s["split"])], s["index"]))
+
+
+def _unit_bytes(layout: OutputLayout, pending: list[tuple[Any, list[WorkUnit]]]) -> int:
+    units = {u.unit_id: u for _, split_units in pending for u in split_units}
+    return sum(layout.unit_tar(u).stat().st_size for u in units.values())
 
 
 def _write_failed_units(layout: OutputLayout, failed: dict[str, str]) -> None:

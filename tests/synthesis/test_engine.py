@@ -109,6 +109,23 @@ def test_a_worker_killed_once_per_unit_is_retried_and_the_data_is_unchanged(loca
     assert data_files(tmp_path / "killed") == data_files(tmp_path / "calm")
 
 
+def test_an_actor_killed_by_one_unit_charges_only_that_unit(local_ray, tmp_path):
+    # One actor holds a unit and has the next queued: each death of the actor re-sends both, but only the unit it
+    # was running uses up its retries (1 here): it is started exactly twice and fails; the queued ones land.
+    markers = tmp_path / "markers"
+    config = small_config(PLUGINS, "categories={SynthCount: {train: 15}}", "faults.unit_retries=1", stages(
+        f"{{name: test_kill_actor, params: {{marker_dir: '{markers}', unit_ids: [SynthCount/train-00000], "
+        "times: 0}, resources: {concurrency: 1}}", "{name: rules}"))
+    with pytest.raises(RunFailed, match="SynthCount/train-00000"):
+        synthesize(config, tmp_path / "out")
+    assert len(list(markers.glob("SynthCount_train-00000.*"))) == 2
+    failed = json.loads((tmp_path / "out" / "failed_units.json").read_text())
+    assert [f["unit"] for f in failed] == ["SynthCount/train-00000"]
+    assert "'test_kill_actor' on unit SynthCount/train-00000 died 2 time(s)" in failed[0]["error"]
+    written = sorted(p.name for p in (tmp_path / "out" / "work" / "SynthCount").glob("*_stats.json"))
+    assert len(written) == 2 and not any("00000" in name for name in written)
+
+
 def test_a_unit_that_always_fails_is_listed_and_a_rerun_completes_it(local_ray, tmp_path, capsys):
     markers = tmp_path / "markers"
     markers.mkdir()
