@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from filters.dedup import EmbeddingDedup, ExactTextDedup, ImageHashDedup, MinHashDedup, normalize_text
+from filters.dedup import ExactTextDedup, ImageHashDedup, MinHashDedup, normalize_text
 from filters.near_index import CosineLSHIndex, hamming_pairs
 from filters.top_fraction import TopFraction
 from pipeline.record import SampleRecord
