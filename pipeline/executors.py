@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from pipeline.planning import WorkUnit
 from pipeline.progress import ProgressBoard, RayProgressReporter, ray_progress_board
 from pipeline.resources import WRITER_CPUS, ray_map_args
 from pipeline.stage import RunContext
-from pipeline.unit_work import SegmentWorker, UnitInFlight, UnitOutcome, WriterWorker, plan_segments
+from pipeline.unit_work import Segment, SegmentWorker, UnitInFlight, UnitOutcome, WriterWorker, plan_segments
 
 logger = logging.getLogger(__name__)
 
@@ -192,16 +192,21 @@ def _merge(envs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _map_rows(batch: pa.Table, worker: Any) -> pa.Table:
-    rows = [worker(lambda row=row: UnitInFlight.from_row(row)).to_row() for row in batch.to_pylist()]
-    return pa.Table.from_pylist(rows, schema=_ROW_SCHEMA)
+def _map_rows(batch: pa.Table, run_row: Callable[[dict[str, Any]], UnitInFlight]) -> pa.Table:
+    return pa.Table.from_pylist([run_row(row).to_row() for row in batch.to_pylist()], schema=_ROW_SCHEMA)
+
+
+def _loader(row: dict[str, Any]) -> Callable[[], UnitInFlight]:
+    """What a SegmentWorker loads its unit with: a fresh copy of the row's unit on every attempt."""
+    return lambda: UnitInFlight.from_row(row)
 
 
 _ROW_SCHEMA = pa.schema([("unit", pa.string()), ("payload", pa.large_binary()), ("error", pa.string())])
 
 
 def _run_segment_task(batch: pa.Table, **worker_args: Any) -> pa.Table:
-    return _map_rows(batch, SegmentWorker(**worker_args))
+    worker = SegmentWorker(**worker_args)
+    return _map_rows(batch, lambda row: worker(_loader(row)))
 
 
 class _SegmentActor:
@@ -215,20 +220,20 @@ class _SegmentActor:
 
     def __init__(self, **worker_args: Any) -> None:
         self.worker = SegmentWorker(**worker_args)
-        self.segment = "+".join(spec.stage_id for spec in worker_args["specs"])
+        self.segment = Segment(tuple(worker_args["specs"]), "model").label
         self.reporter = worker_args["reporter"]
         self.retries = worker_args["retries"]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = []
-        for row in batch.to_pylist():
+        return _map_rows(batch, self._run_row)
+
+    def _run_row(self, row: dict[str, Any]) -> UnitInFlight:
+        if not row["error"]:
             unit = WorkUnit.from_dict(json.loads(row["unit"]))
-            deaths = self.reporter.started(unit.unit_id, self.segment) if not row["error"] else 0
+            deaths = self.reporter.started(unit.unit_id, self.segment)
             if deaths > self.retries:
-                rows.append(UnitInFlight(unit, error=worker_died(self.segment, unit, deaths)).to_row())
-            else:
-                rows.append(self.worker(lambda row=row: UnitInFlight.from_row(row)).to_row())
-        return pa.Table.from_pylist(rows, schema=_ROW_SCHEMA)
+                return UnitInFlight(unit, error=worker_died(self.segment, unit, deaths))
+        return self.worker(_loader(row))
 
 
 def worker_died(stage: str, unit: WorkUnit, times: int) -> str:

@@ -12,8 +12,10 @@ from pipeline.inspect.histograms import (
     HEADER_HEIGHT,
     PANEL_HEIGHT,
     PANEL_WIDTH,
+    PLOT_BOTTOM,
     PLOT_LEFT,
     PLOT_RIGHT,
+    PLOT_TOP,
     REJECTED_COLOUR,
     binned,
     write_histogram,
@@ -57,5 +59,5 @@ def test_bar_heights_follow_the_counts(tmp_path):
     width = green.shape[1] / BINS
     heights = [green[:, int((i + 0.5) * width)].sum() for i in range(BINS)]
     assert heights[BINS // 3] < heights[2 * BINS // 3] < heights[-1]
-    assert heights[-1] > 0.8 * (PANEL_HEIGHT - 50)  # the tallest bin fills the plot's height
+    assert heights[-1] > 0.8 * (PANEL_HEIGHT - PLOT_TOP - PLOT_BOTTOM)  # the tallest bin fills the plot's height
     assert write_histogram("C", CategoryScores(accepted={"s": [1.0, 1.0]}), tmp_path / "none.png") is None
