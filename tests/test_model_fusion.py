@@ -323,3 +323,41 @@ def test_uniform_execution_runs_every_module_on_a_text_only_batch(tiny_model):
     assert missing == []  # the vision tower, projectors and interaction layers all got (zero-weighted) gradients
     assert torch.allclose(output.loss, plain(batch).loss)  # and the loss is exactly what it is without them
     assert tiny_model.vision.tower.embeddings.patch_embedding.weight.grad.abs().sum() == 0
+
+
+def test_a_convolutional_stem_replaces_the_patch_embedding_and_round_trips(tiny_checkpoints, tmp_path):
+    from model.backbones import BackboneError, ConvStem
+    from model.config import ConfigError, VisionTowerConfig
+    from train.flops import FusionFlops
+
+    base = get_preset("fusion-tiny").with_sources(tokenizer=str(tiny_checkpoints["tokenizer"]))
+    stem = ((8, 2), (8, 1), (16, 2), (16, 2))
+    config = dataclasses.replace(base, vision_tower=dataclasses.replace(base.vision_tower, conv_stem=stem))
+    torch.manual_seed(0)
+    model = FusionModel.from_config(config, weights="random").eval()
+    embedding = model.vision.tower.embeddings.patch_embedding
+    assert isinstance(embedding, ConvStem)
+    assert [m.stride[0] for m in embedding.modules() if isinstance(m, torch.nn.Conv2d)] == [2, 1, 2, 2, 1, 8]
+    batch = training_batch(model)
+    assert torch.isfinite(model(batch).loss)
+    # the stem's multiply-adds join the FLOPs: 16x16, 16x16, 8x8, 4x4 maps, the 1x1 to width 32 and the linear
+    # patch embedding beside them
+    macs = 16 * 16 * 8 * 3 * 9 + 16 * 16 * 8 * 8 * 9 + 8 * 8 * 16 * 8 * 9 + 4 * 4 * 16 * 16 * 9 + 4 * 4 * 32 * 16
+    macs += 4 * 4 * 32 * 3 * 8 * 8
+    assert FusionFlops.of(model).patch_embedding_macs == macs
+
+    model.save_pretrained(tmp_path / "fusion")
+    loaded = FusionModel.from_pretrained(tmp_path / "fusion").eval()
+    assert loaded.config.vision_tower.conv_stem == stem  # tuples again after the JSON round trip
+    assert isinstance(loaded.vision.tower.embeddings.patch_embedding, ConvStem)
+    with torch.no_grad():
+        assert torch.equal(model(batch).logits, loaded(batch).logits)
+
+    wrong_stride = dataclasses.replace(base, vision_tower=dataclasses.replace(base.vision_tower, conv_stem=((8, 2),)))
+    with pytest.raises(BackboneError, match=r"conv_stem \[\(8, 2\)\]: the strides multiply to 2, .*patch_size is 8"):
+        FusionModel.from_config(wrong_stride, weights="random")
+    with pytest.raises(ConfigError, match=r"vision_tower.conv_stem: expected \[channels, stride\] pairs"):
+        VisionTowerConfig(conv_stem=[[8]])
+    pretrained = dataclasses.replace(VisionTowerConfig(source=str(tiny_checkpoints["siglip"])), conv_stem=stem)
+    with pytest.raises(BackboneError, match="would replace the pretrained patch embedding"):
+        FusionModel.from_config(dataclasses.replace(base, vision_tower=pretrained))

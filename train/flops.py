@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from model.backbones import ConvStem, conv_multiply_adds
 from model.batch import FusionBatch
 from model.fusion import FusionModel
 
@@ -40,6 +41,7 @@ class FusionFlops:
     vit_width: int
     patches: int
     tiles: int
+    patch_embedding_macs: int  # multiply-adds of the patch embedding (linear or convolutional stem) per view
     mm_projector: int
     aux_projector: int
     interaction: int  # parameters of all interaction layers
@@ -55,6 +57,8 @@ class FusionFlops:
             lm_head=head.weight.numel() if head is not None else 0,
             vit_dense=_count(model.vision.tower.encoder.layers), vit_layers=model.vision.num_layers,
             vit_width=model.vision.hidden_size, patches=grid * grid, tiles=model.config.image.tile_grid ** 2,
+            patch_embedding_macs=_patch_embedding_macs(model.vision.tower.embeddings.patch_embedding,
+                                            model.config.image.image_size),
             mm_projector=_count(model.mm_projector), aux_projector=_count(model.aux_projector),
             interaction=_count(model.card),
         )
@@ -76,9 +80,19 @@ class FusionFlops:
         vit_tokens = images * full_view + images * self.tiles * self.patches + float(batch.text_only_vit_text_mask.sum())
         vit_attention = images * full_view**2 + images * self.tiles * self.patches**2
         flops += 6 * self.vit_dense * vit_tokens + 12 * self.vit_layers * self.vit_width * vit_attention
+        flops += 6 * self.patch_embedding_macs * images * (1 + self.tiles)
         flops += 6 * self.mm_projector * vit_tokens + 6 * self.aux_projector * (images * (text + self.patches))
         flops += 6 * self.interaction * float(batch.latent_positions.numel())
         return flops
+
+
+def _patch_embedding_macs(module: torch.nn.Module, image_size: int) -> int:
+    """Multiply-adds of the patch embedding on one square image (from shapes: it also works on sharded weights)."""
+    if isinstance(module, ConvStem):
+        return module.multiply_adds(image_size)
+    if isinstance(module, torch.nn.Conv2d):
+        return conv_multiply_adds(module, image_size)[1]
+    return 0  # SigLIP2's linear patch embedding is counted with nothing else either
 
 
 def peak_flops(device: torch.device) -> tuple[float, str]:

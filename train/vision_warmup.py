@@ -132,8 +132,7 @@ def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupE
 def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarmupConfig, seed: int,
                    out: Path | None = None, progress: bool = True) -> dict:
     """Train ``model.vision`` on dense scene targets for ``config.steps`` steps; returns (and saves) the losses."""
-    tower = [p for p in model.vision.parameters() if p.requires_grad]
-    if not tower:
+    if not any(p.requires_grad for p in model.vision.parameters()):
         raise VisionWarmupError("vision_warmup.steps > 0 but the vision tower is frozen (model.trainable)")
     examples, counts = warmup_examples(model, sources, config.max_images)
     if not examples:
@@ -143,6 +142,21 @@ def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarm
             f"({dict(counts) or 'no sample read'}); set vision_warmup.steps: 0 for other data")
     if counts:
         logger.info("vision warm-up: %d examples, skipped %s", len(examples), dict(counts))
+    _, history = fit_warmup_heads(model, examples, config, seed, progress)
+    span = max(1, min(SUMMARY_STEPS, len(history) // 2))  # single batches are noisy: means of the first and last steps
+    first, last = _mean_losses(history[:span]), _mean_losses(history[-span:])
+    result = {"steps": config.steps, "examples": len(examples), "skipped": dict(counts), "first_losses": first,
+              "last_losses": last}
+    logger.info("vision warm-up: %d steps on %d examples, losses %s -> %s", config.steps, len(examples), first, last)
+    if out is not None:
+        atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2))
+    return result
+
+
+def fit_warmup_heads(model: FusionModel, examples: list[WarmupExample], config: VisionWarmupConfig, seed: int,
+                     progress: bool = True) -> tuple[WarmupHeads, list[dict[str, float]]]:
+    """The warm-up loop: the tower and fresh heads trained together; returns the heads and the per-step losses."""
+    tower = [p for p in model.vision.parameters() if p.requires_grad]
     with torch.random.fork_rng(devices=[]):  # seeded heads; the training's random stream is left as it was
         torch.manual_seed(seed)
         heads = WarmupHeads(model.vision.output_size).to(_device(model))
@@ -169,14 +183,30 @@ def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarm
             bar.update(1)
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
     model.vision.train(was_training)
-    span = max(1, min(SUMMARY_STEPS, len(history) // 2))  # single batches are noisy: means of the first and last steps
-    first, last = _mean_losses(history[:span]), _mean_losses(history[-span:])
-    result = {"steps": config.steps, "examples": len(examples), "skipped": dict(counts), "first_losses": first,
-              "last_losses": last}
-    logger.info("vision warm-up: %d steps on %d examples, losses %s -> %s", config.steps, len(examples), first, last)
-    if out is not None:
-        atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2))
-    return result
+    return heads, history
+
+
+@torch.no_grad()
+def centre_accuracy(model: FusionModel, heads: WarmupHeads, examples: list[WarmupExample],
+                    batch_size: int = 64) -> dict[str, float]:
+    """At the patches where an object is centred: how often the centre head names its shape, and how often the
+    colour head's top class is the patch's most common colour (what a question about that object needs)."""
+    shape_hits = colour_hits = total = 0
+    was_training = model.vision.training
+    model.vision.eval()
+    processor = model.sequence_builder.image_processor
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        pixels = torch.stack([processor(Image.open(io.BytesIO(e.image)))[-1] for e in chunk])
+        features = model.vision(pixels.to(_device(model))).features
+        centres = torch.stack([e.centre_shapes for e in chunk]).to(features.device)
+        centred = centres != NO_CENTRE
+        shape_hits += int((heads.centre(features).argmax(-1) == centres)[centred].sum())
+        true_colours = torch.stack([e.colour_shares for e in chunk]).to(features.device).argmax(-1)
+        colour_hits += int((heads.colour(features).argmax(-1) == true_colours)[centred].sum())
+        total += int(centred.sum())
+    model.vision.train(was_training)
+    return {"centred_patches": total, "shape": shape_hits / max(total, 1), "colour": colour_hits / max(total, 1)}
 
 
 def _mean_losses(steps: list[dict[str, float]]) -> dict[str, float]:

@@ -22,6 +22,8 @@ from train.vision_warmup import (
     RESULT_FILE,
     VisionWarmupError,
     WarmupHeads,
+    centre_accuracy,
+    fit_warmup_heads,
     warm_up_vision,
     warmup_examples,
     warmup_losses,
@@ -91,3 +93,18 @@ def test_a_batch_without_object_centres_has_no_centre_term(small_dataset, tmp_pa
     empty = [dataclasses.replace(e, centre_shapes=torch.full_like(e.centre_shapes, NO_CENTRE)) for e in examples]
     losses = warmup_losses(model, WarmupHeads(model.vision.output_size), empty)
     assert losses["centre"].item() == 0.0 and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_centre_accuracy_scores_the_heads_where_objects_are_centred(small_dataset, tmp_path):
+    model, sources = tiny_model_and_sources(small_dataset, tmp_path)
+    examples, _ = warmup_examples(model, sources, max_images=40)
+    centred = sum(int((e.centre_shapes != NO_CENTRE).sum()) for e in examples)
+    fresh = centre_accuracy(model, WarmupHeads(model.vision.output_size), examples)
+    heads, history = fit_warmup_heads(model, examples, VisionWarmupConfig(steps=100, batch_size=16), seed=0,
+                                      progress=False)
+    fitted = centre_accuracy(model, heads, examples, batch_size=7)  # batches that do not divide the examples
+
+    assert len(history) == 100
+    assert fresh["centred_patches"] == fitted["centred_patches"] == centred > 0
+    assert fitted["colour"] > max(0.5, fresh["colour"] + 0.2)
+    assert fitted["shape"] > fresh["shape"]
