@@ -488,7 +488,7 @@ def _cpu_small() -> FusionConfig:
     return FusionConfig(
         name="fusion-cpu-small",
         language_model=LanguageModelConfig(architecture=dict(CPU_SMALL_LLAMA)),
-        # A stride-8 convolutional stem (receptive field 43 px) instead of the linear 8 px patch embedding: the
+        # A stride-8 convolutional stem (receptive field 43 px) beside the linear 8 px patch embedding: the
         # from-scratch tower then tells the demo's shapes apart (model/backbones.py ConvStem).
         vision_tower=VisionTowerConfig(architecture=dict(CPU_SMALL_SIGLIP),
                                        conv_stem=((32, 2), (32, 1), (64, 2), (64, 1), (64, 2), (64, 1))),

@@ -345,6 +345,10 @@ def test_a_convolutional_stem_replaces_the_patch_embedding_and_round_trips(tiny_
     macs = 16 * 16 * 8 * 3 * 9 + 16 * 16 * 8 * 8 * 9 + 8 * 8 * 16 * 8 * 9 + 4 * 4 * 16 * 16 * 9 + 4 * 4 * 32 * 16
     macs += 4 * 4 * 32 * 3 * 8 * 8
     assert FusionFlops.of(model).patch_embedding_macs == macs
+    # without a stem: SigLIP's patch convolution, SigLIP2's linear layer on pre-cut patches (16 patches of 8x8x3)
+    for vision in ("siglip", "siglip2"):
+        plain = FusionModel.from_config(tiny_config(tiny_checkpoints, vision=vision))
+        assert FusionFlops.of(plain).patch_embedding_macs == 16 * 8 * 8 * 3 * 32
 
     model.save_pretrained(tmp_path / "fusion")
     loaded = FusionModel.from_pretrained(tmp_path / "fusion").eval()

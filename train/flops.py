@@ -58,7 +58,7 @@ class FusionFlops:
             vit_dense=_count(model.vision.tower.encoder.layers), vit_layers=model.vision.num_layers,
             vit_width=model.vision.hidden_size, patches=grid * grid, tiles=model.config.image.tile_grid ** 2,
             patch_embedding_macs=_patch_embedding_macs(model.vision.tower.embeddings.patch_embedding,
-                                            model.config.image.image_size),
+                                                       model.config.image.image_size, grid * grid),
             mm_projector=_count(model.mm_projector), aux_projector=_count(model.aux_projector),
             interaction=_count(model.card),
         )
@@ -86,13 +86,15 @@ class FusionFlops:
         return flops
 
 
-def _patch_embedding_macs(module: torch.nn.Module, image_size: int) -> int:
+def _patch_embedding_macs(module: torch.nn.Module, image_size: int, patches: int) -> int:
     """Multiply-adds of the patch embedding on one square image (from shapes: it also works on sharded weights)."""
     if isinstance(module, ConvStem):
         return module.multiply_adds(image_size)
-    if isinstance(module, torch.nn.Conv2d):
+    if isinstance(module, torch.nn.Conv2d):  # SigLIP
         return conv_multiply_adds(module, image_size)[1]
-    return 0  # SigLIP2's linear patch embedding is counted with nothing else either
+    if isinstance(module, torch.nn.Linear):  # SigLIP2 embeds pre-cut patches
+        return patches * module.in_features * module.out_features
+    raise TypeError(f"FLOPs: unknown patch embedding {type(module).__name__}")
 
 
 def peak_flops(device: torch.device) -> tuple[float, str]:
