@@ -46,18 +46,21 @@ def vision(data: str, threads: int) -> None:
           f"{threads} threads")
     print(f"{'patch embedding':34s} {'seconds':>8s} {'shape':>7s} {'colour':>7s} {'centred patches':>16s}")
     variants = {"SigLIP linear (conv_stem: [])": {"vision_tower.conv_stem": []}, "ConvStem (preset)": {}}
-    for label, overrides in variants.items():
-        section = config.model.model_copy(update={"overrides": {**config.model.overrides, **overrides}})
-        with tempfile.TemporaryDirectory() as out:
+    examples = None  # the variants share image size and patch grid, so the labelled examples are read once
+    with tempfile.TemporaryDirectory() as out:  # one folder: the second build reuses the first's data tokenizer
+        for label, overrides in variants.items():
+            section = config.model.model_copy(update={"overrides": {**config.model.overrides, **overrides}})
             model = build_model(section, seed=0, sources=train_sources, out=Path(out), info=info)
-        train_examples, _ = warmup_examples(model, train_sources, config.vision_warmup.max_images)
-        test_examples, _ = warmup_examples(model, test_sources, config.vision_warmup.max_images)
-        started = time.perf_counter()
-        heads, _ = fit_warmup_heads(model, train_examples, config.vision_warmup, seed=0, progress=False)
-        seconds = time.perf_counter() - started
-        scores = centre_accuracy(model, heads, test_examples)
-        print(f"{label:34s} {seconds:8.0f} {scores['shape']:7.1%} {scores['colour']:7.1%} "
-              f"{scores['centred_patches']:16d}", flush=True)
+            if examples is None:
+                examples = [warmup_examples(model, sources, config.vision_warmup.max_images)[0]
+                            for sources in (train_sources, test_sources)]
+            train_examples, test_examples = examples
+            started = time.perf_counter()
+            heads, _ = fit_warmup_heads(model, train_examples, config.vision_warmup, seed=0, progress=False)
+            seconds = time.perf_counter() - started
+            scores = centre_accuracy(model, heads, test_examples)
+            print(f"{label:34s} {seconds:8.0f} {scores['shape']:7.1%} {scores['colour']:7.1%} "
+                  f"{scores['centred_patches']:16d}", flush=True)
 
 
 def binding(steps: int, lr: float) -> None:
