@@ -480,6 +480,11 @@ class FusionModel(nn.Module):
         rebuilt = self.mm_projector(features.to(self.mm_projector[0].weight.dtype))
         return Reconstruction(target=question_embeddings, rebuilt=rebuilt, mask=mask)
 
+    def vit_text_guide(self, vit_text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TUNE's text for the ViT: the LLM's embeddings of the question ids and their aux-projected guide."""
+        question_embeddings = self.language_model.get_input_embeddings()(vit_text_ids)
+        return question_embeddings, self.aux_projector(question_embeddings)
+
     def encode_images(self, batch: FusionBatch, compute_dsm: bool) -> _ImageFeatures:
         pixels = batch.pixel_values  # the tower's embedding casts pixels to its own dtype
         num_images, views = pixels.shape[:2]
@@ -491,8 +496,8 @@ class FusionModel(nn.Module):
         tile_features = None
         question_embeddings = None
         if self.config.use_tune:
-            question_embeddings = self.language_model.get_input_embeddings()(batch.vit_text_ids)
-            encoding = self.vision(full_views, self.aux_projector(question_embeddings), batch.vit_text_mask)
+            question_embeddings, guide = self.vit_text_guide(batch.vit_text_ids)
+            encoding = self.vision(full_views, guide, batch.vit_text_mask)
             if needs_tiles:
                 tile_features = self.vision(tiles).features
         elif needs_tiles:

@@ -347,8 +347,8 @@ class SequenceBuilder:
             [[p + offsets[row] for p in encoded[row].image_positions] for row in image_rows], dtype=torch.long
         ).reshape(len(image_rows), grid * grid)
 
-        vit_text_ids, vit_text_mask = self._pad_vit_texts([encoded[row].vit_text_ids for row in image_rows])
-        text_only_vit_text_ids, text_only_vit_text_mask = self._pad_vit_texts(
+        vit_text_ids, vit_text_mask = self.pad_vit_texts([encoded[row].vit_text_ids for row in image_rows])
+        text_only_vit_text_ids, text_only_vit_text_mask = self.pad_vit_texts(
             [sample.vit_text_ids for sample in encoded if sample.pixel_values is None]
         )
 
@@ -381,8 +381,7 @@ class SequenceBuilder:
             question_end_positions=torch.tensor(question_ends, dtype=torch.long),
         )
 
-    # -- internals ----------------------------------------------------------------------------------------------
-    def _pad_vit_texts(self, texts: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad_vit_texts(self, texts: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, longest) right-padded ids and the bool mask of real tokens for N ViT texts."""
         length = max((len(ids) for ids in texts), default=0)
         padded = torch.full((len(texts), length), self.pad_id, dtype=torch.long)
@@ -392,6 +391,7 @@ class SequenceBuilder:
             mask[index, : len(ids)] = True
         return padded, mask
 
+    # -- internals ----------------------------------------------------------------------------------------------
     def _render(self, system: str | None, turns: list[Turn], for_generation: bool, has_image: bool) -> str:
         messages: list[dict[str, Any]] = []
         if system is not None:
@@ -464,6 +464,10 @@ class SequenceBuilder:
             )
         del layout.ids[cut:], layout.labels[cut:]
         return kept
+
+    def vit_text_ids(self, tokenized: TokenizedConversation) -> list[int]:
+        """The ViT text of a whole conversation, as training gives it to the tower (all kept turns, capped)."""
+        return self._join_vit_texts(tokenized.vit_text_ids_per_turn)
 
     def _vit_text_ids_per_turn(self, turns: list[Turn]) -> list[list[int]]:
         """Each question's ids, capped per turn to its first `vit_text_max_tokens` tokens: a long question keeps

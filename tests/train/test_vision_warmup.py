@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 
 import pytest
 import torch
 
 from generators.procedural.labels import NO_CENTRE
+from pipeline.record import SampleRecord
 from tests.train.conftest import image_samples, write_sizes, write_tar
 from train.checkpoint import resolve_checkpoint
 from train.config import SourceSpec, VisionWarmupConfig, load_train_config
 from train.distributed import DistInfo
+from train.loader import shard_samples
 from train.metrics import read_metrics
 from train.modeling import build_model
 from train.sources import resolve_sources
@@ -24,6 +27,7 @@ from train.vision_warmup import (
     WarmupHeads,
     centre_accuracy,
     fit_warmup_heads,
+    tower_features,
     warm_up_vision,
     warmup_examples,
     warmup_losses,
@@ -53,6 +57,27 @@ def test_the_warm_up_lowers_the_scene_losses_and_changes_only_the_vision_tower(s
     assert any(not torch.equal(v, model.vision.state_dict()[k]) for k, v in vision_before.items())
     others_after = {k: v for k, v in model.state_dict().items() if not k.startswith("vision.")}
     assert all(torch.equal(v, others_after[k]) for k, v in others_before.items())
+    # the ViT text guiding the tower leaves no gradient on the LLM's embeddings or the aux projector
+    assert all(p.grad is None for name, p in model.named_parameters() if not name.startswith("vision."))
+
+
+def test_the_tower_is_warmed_beside_the_vit_text_that_training_gives_each_image(small_dataset, tmp_path):
+    model, sources = tiny_model_and_sources(small_dataset, tmp_path)
+    assert model.config.use_tune
+    examples, _ = warmup_examples(model, sources, max_images=8)
+    builder = model.sequence_builder
+    records = [SampleRecord.from_json_dict(json.loads(raw["json"])) for source in sources for shard in source.shards
+               for _, raw in shard_samples(shard, Counter())][:8]  # the warm-up's order
+    for example, record in zip(examples, records, strict=True):
+        trained = builder.assemble(builder.tokenize(record.conversations, has_image=True), has_image=True,
+                                   latent_count=builder.latent_count(for_generation=True))
+        assert example.vit_text_ids == trained.vit_text_ids != []
+
+    guided = tower_features(model, examples)
+    unguided = tower_features(model, [dataclasses.replace(e, vit_text_ids=[]) for e in examples])
+    assert guided.shape == unguided.shape == (8, (model.config.image.image_size // model.vision.patch_size) ** 2,
+                                                 model.vision.output_size)
+    assert not torch.allclose(guided, unguided, atol=1e-3)  # the text reaches the patches, as in training
 
 
 def test_a_resumed_run_continues_exactly_and_does_not_warm_up_again(small_dataset, tmp_path, caplog):
