@@ -1,20 +1,22 @@
 """What the demo model can learn in its budget: the two abilities a question like "What colour is the diamond?" needs.
 
 1. vision: the warmed tower of fusion-cpu-small (train/vision_warmup.py, the demo's 1200 steps) with SigLIP's
-   linear patch embedding and with the preset's convolutional stem (model/backbones.py ConvStem), side by side:
-   at the patches where an object is centred, how often the warm-up heads name its shape and its colour, on the
-   demo's held-out split (images the warm-up never saw).
+   linear patch embedding, with the preset's convolutional stem (model/backbones.py ConvStem), and with the stem
+   but warmed without the ViT text, side by side: at the patches where an object is centred, how often the
+   warm-up heads name its shape and its colour, on the demo's held-out split (images the warm-up never saw), read
+   with no text and beside each sample's ViT text, as the training reads them.
 2. binding: the decoder of fusion-cpu-small (same architecture, trained from scratch at the demo's LR and batch)
    on the question with the image given as words, "<i> green diamond , red star </i> what colour is the star ?",
    fresh scenes every step: held-out accuracy every 500 steps beside the accuracy of naming any colour of the
    scene, the plateau a model reaches without binding the colour to the named shape.
 
-Run: python benchmarks/demo_learnability.py --data outputs/demo/dataset [--steps 3000]  (about 8 minutes)
+Run: python benchmarks/demo_learnability.py --data outputs/demo/dataset [--steps 3000]  (about 12 minutes)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import tempfile
@@ -31,7 +33,7 @@ from train.config import SourceSpec, load_train_config  # noqa: E402
 from train.distributed import DistInfo  # noqa: E402
 from train.modeling import build_model  # noqa: E402
 from train.sources import resolve_sources  # noqa: E402
-from train.vision_warmup import centre_accuracy, fit_warmup_heads, warmup_examples  # noqa: E402
+from train.vision_warmup import WarmupExample, centre_accuracy, fit_warmup_heads, warmup_examples  # noqa: E402
 
 BATCH = 16  # the demo's global batch
 EVAL_SCENES = 1000
@@ -44,11 +46,15 @@ def vision(data: str, threads: int) -> None:
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     print(f"vision warm-up: {config.vision_warmup.steps} steps of {config.vision_warmup.batch_size} images, "
           f"{threads} threads")
-    print(f"{'patch embedding':34s} {'seconds':>8s} {'shape':>7s} {'colour':>7s} {'centred patches':>16s}")
-    variants = {"SigLIP linear (conv_stem: [])": {"vision_tower.conv_stem": []}, "ConvStem (preset)": {}}
+    print("centre accuracy on held-out images, read with no text and beside each sample's ViT text (TUNE)")
+    print(f"{'tower':40s} {'seconds':>8s} {'shape':>7s} {'colour':>7s} {'shape+text':>11s} {'colour+text':>12s}")
+    # label -> (model overrides, warmed beside the ViT text)
+    variants = {"SigLIP linear embedding, text": ({"vision_tower.conv_stem": []}, True),
+                "ConvStem, warmed without text": ({}, False),
+                "ConvStem, text (preset)": ({}, True)}
     examples = None  # the variants share image size and patch grid, so the labelled examples are read once
-    with tempfile.TemporaryDirectory() as out:  # one folder: the second build reuses the first's data tokenizer
-        for label, overrides in variants.items():
+    with tempfile.TemporaryDirectory() as out:  # one folder: later builds reuse the first's data tokenizer
+        for label, (overrides, with_text) in variants.items():
             section = config.model.model_copy(update={"overrides": {**config.model.overrides, **overrides}})
             model = build_model(section, seed=0, sources=train_sources, out=Path(out), info=info)
             if examples is None:
@@ -56,11 +62,18 @@ def vision(data: str, threads: int) -> None:
                             for sources in (train_sources, test_sources)]
             train_examples, test_examples = examples
             started = time.perf_counter()
-            heads, _ = fit_warmup_heads(model, train_examples, config.vision_warmup, seed=0, progress=False)
+            heads, _ = fit_warmup_heads(model, train_examples if with_text else without_text(train_examples),
+                                        config.vision_warmup, seed=0, progress=False)
             seconds = time.perf_counter() - started
-            scores = centre_accuracy(model, heads, test_examples)
-            print(f"{label:34s} {seconds:8.0f} {scores['shape']:7.1%} {scores['colour']:7.1%} "
-                  f"{scores['centred_patches']:16d}", flush=True)
+            alone = centre_accuracy(model, heads, without_text(test_examples))
+            guided = centre_accuracy(model, heads, test_examples)
+            print(f"{label:40s} {seconds:8.0f} {alone['shape']:7.1%} {alone['colour']:7.1%} "
+                  f"{guided['shape']:11.1%} {guided['colour']:12.1%}   ({alone['centred_patches']} patches)",
+                  flush=True)
+
+
+def without_text(examples: list[WarmupExample]) -> list[WarmupExample]:
+    return [dataclasses.replace(e, vit_text_ids=[]) for e in examples]
 
 
 def binding(steps: int, lr: float) -> None:
@@ -124,13 +137,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000, help="binding steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-vision", action="store_true")
+    parser.add_argument("--skip-binding", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.skip_vision:
         if not Path(args.data, "manifest.json").is_file():
             parser.error(f"--data {args.data}: not a dataset folder (no manifest.json); run `make run` first")
         vision(args.data, args.threads)
-    binding(args.steps, load_train_config("demo", []).optim.lr)
+    if not args.skip_binding:
+        binding(args.steps, load_train_config("demo", []).optim.lr)
 
 
 if __name__ == "__main__":

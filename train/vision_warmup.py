@@ -8,9 +8,10 @@ colour and shape shares, the shape of the object centred in the patch, and per i
 the number of shapes. Small linear heads on the tower's connector input are trained with it and then dropped.
 
 The tower is warmed the way the training runs it: with TUNE, each image is encoded beside its own conversation's
-ViT text. Warmed without it, the tower met up to 96 text tokens only in training, and its late blocks mixed them
-into the patches: patch features of the demo's QA samples kept a cosine of 0.45 to their text-free features
-(captions, with ~9 text tokens: 0.999), so the QA answers could not use what the warm-up taught.
+ViT text. Warmed without it, the tower met the questions' text (up to 96 tokens then) only in training, and its
+late blocks mixed it into the patches: after the demo's 800 steps the patch features of its QA samples kept a
+cosine of 0.45 to their text-free features (captions, with ~9 text tokens: 0.999), and the QA loss barely depended
+on the image. Warmed beside the text: a cosine of 0.99, and "How many shapes are there in total?" 80-92% right.
 
 It runs once, before step 0 (a resumed run has the warmed tower in its checkpoint), on samples of the training
 sources that have scene graphs; a record without one is counted and skipped.
