@@ -1,0 +1,106 @@
+"""Does a trained demo model use the image? Checkpoints side by side, on the held-out split of a demo dataset.
+
+Per family, on its first held-out samples:
+- the answer loss with each sample's own image and with another sample's image of the same batch: a model that
+  reads the image has a lower loss with its own;
+- with TUNE, the cosine between the tower's patch features beside the sample's ViT text and without any text:
+  how much the questions' text moves the patches the decoder sees.
+
+Run: python benchmarks/demo_image_use.py --data outputs/demo/dataset outputs/demo/train [OTHER_RUN ...]
+(a training run folder means its newest checkpoint; about 30 s per checkpoint)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.fusion import FusionModel  # noqa: E402
+from pipeline.record import SampleRecord  # noqa: E402
+from train.checkpoint import resolve_checkpoint  # noqa: E402
+from train.config import SourceSpec  # noqa: E402
+from train.loader import image_member, shard_samples  # noqa: E402
+from train.sources import list_shards  # noqa: E402
+
+FAMILIES = ("SynthColor", "SynthCount", "SynthConvShort", "SynthMultiChoice")
+BATCH = 8
+
+
+def held_out(data: str, family: str, count: int) -> list[tuple[list[dict[str, str]], bytes]]:
+    samples = []
+    for shard in list_shards(SourceSpec(path=data, split="test", categories=[family])):
+        for _, raw in shard_samples(shard, Counter()):
+            record = SampleRecord.from_json_dict(json.loads(raw["json"]))
+            samples.append((record.conversations, image_member(raw)))
+            if len(samples) == count:
+                return samples
+    if not samples:
+        raise SystemExit(f"--data {data}: no held-out sample of {family}")
+    return samples
+
+
+@torch.no_grad()
+def image_use(model: FusionModel, samples: list[tuple[list[dict[str, str]], bytes]]) -> dict[str, float]:
+    builder = model.sequence_builder
+    latent_count = builder.latent_count(for_generation=True)
+    losses = {"own": 0.0, "other": 0.0}
+    tokens = 0
+    cosines = []
+    for start in range(0, len(samples), BATCH):
+        chunk = samples[start:start + BATCH]
+        pixels = [builder.image_processor(Image.open(io.BytesIO(image)).convert("RGB")) for _, image in chunk]
+        for mode in losses:
+            encoded = []
+            for index, (conversation, _) in enumerate(chunk):
+                item = builder.assemble(builder.tokenize(conversation, has_image=True), has_image=True,
+                                        latent_count=latent_count)
+                item.pixel_values = pixels[index if mode == "own" else (index + 1) % len(chunk)]
+                encoded.append(item)
+            batch = builder.pad(encoded, latent_count=latent_count, for_generation=False)
+            output = model(batch, loss_chunk_tokens=4096)
+            losses[mode] += float(output.lm_loss_sum)
+            tokens += int((batch.labels != -100).sum()) if mode == "own" else 0
+        if model.config.use_tune:
+            full_views = batch.pixel_values[:, -1]
+            _, guide = model.vit_text_guide(batch.vit_text_ids)
+            guided = model.vision(full_views, guide, batch.vit_text_mask)
+            patches = guided.patch_embeddings.shape[1]
+            alone = model.vision(full_views).features
+            cosines.append(torch.nn.functional.cosine_similarity(guided.features[:, :patches], alone, dim=-1).mean())
+    result = {mode: total / tokens for mode, total in losses.items()}
+    result["cosine"] = float(torch.stack(cosines).mean()) if cosines else float("nan")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", help="training run or checkpoint folders")
+    parser.add_argument("--data", default="outputs/demo/dataset", help="a demo dataset folder with a test split")
+    parser.add_argument("--samples", type=int, default=48, help="held-out samples per family")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = {family: held_out(args.data, family, args.samples) for family in FAMILIES}
+    print(f"answer loss with the sample's own image / another sample's image; cosine of the patch features beside "
+          f"the ViT text to those without ({args.samples} held-out samples per family)")
+    print(f"{'checkpoint':44s} {'family':18s} {'own':>7s} {'other':>7s} {'other/own':>10s} {'cosine':>7s}")
+    for run in args.runs:
+        checkpoint = resolve_checkpoint(Path(run), "latest") if (Path(run) / "checkpoints").is_dir() else Path(run)
+        model = FusionModel.from_pretrained(checkpoint).eval()
+        for family, samples in data.items():
+            scores = image_use(model, samples)
+            print(f"{str(checkpoint)[-44:]:44s} {family:18s} {scores['own']:7.3f} {scores['other']:7.3f} "
+                  f"{scores['other'] / scores['own']:10.2f} {scores['cosine']:7.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
