@@ -10,8 +10,9 @@ the number of shapes. Small linear heads on the tower's connector input are trai
 The tower is warmed the way the training runs it: with TUNE, each image is encoded beside its own conversation's
 ViT text. Warmed without it, the tower met the questions' text (up to 96 tokens then) only in training, and its
 late blocks mixed it into the patches: after the demo's 800 steps the patch features of its QA samples kept a
-cosine of 0.45 to their text-free features (captions, with ~9 text tokens: 0.999), and the QA loss barely depended
-on the image. Warmed beside the text: a cosine of 0.99, and "How many shapes are there in total?" 80-92% right.
+cosine of 0.45-0.52 to their text-free features (captions, with ~9 text tokens: 0.999), and the QA loss barely
+depended on the image. Warmed beside the text: a cosine of 0.98-0.998, and "How many shapes are there in total?"
+80-92% right (benchmarks/demo_image_use.py).
 
 It runs once, before step 0 (a resumed run has the warmed tower in its checkpoint), on samples of the training
 sources that have scene graphs; a record without one is counted and skipped.
