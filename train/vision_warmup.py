@@ -12,7 +12,7 @@ ViT text. Warmed without it, the tower met the questions' text (up to 96 tokens 
 late blocks mixed it into the patches: after the demo's 800 steps the patch features of its QA samples kept a
 cosine of 0.45-0.52 to their text-free features (captions, with ~9 text tokens: 0.999), and the QA loss barely
 depended on the image. Warmed beside the text: a cosine of 0.98-0.998, and "How many shapes are there in total?"
-80-92% right (benchmarks/demo_image_use.py).
+55-92% right in three runs, 5-43% before (benchmarks/demo_image_use.py measures the rest).
 
 It runs once, before step 0 (a resumed run has the warmed tower in its checkpoint), on samples of the training
 sources that have scene graphs; a record without one is counted and skipped.
