@@ -4,7 +4,9 @@
    linear patch embedding, with the preset's convolutional stem (model/backbones.py ConvStem), and with the stem
    but warmed without the ViT text, side by side: at the patches where an object is centred, how often the
    warm-up heads name its shape and its colour, on the demo's held-out split (images the warm-up never saw), read
-   with no text and beside each sample's ViT text, as the training reads them.
+   with no text and beside each sample's ViT text, as the training reads them. (Right after the warm-up both
+   towers read alike either way; the tower warmed without the text loses its patches to the text only in
+   training, which benchmarks/demo_image_use.py measures on trained checkpoints.)
 2. binding: the decoder of fusion-cpu-small (same architecture, trained from scratch at the demo's LR and batch)
    on the question with the image given as words, "<i> green diamond , red star </i> what colour is the star ?",
    fresh scenes every step: held-out accuracy every 500 steps beside the accuracy of naming any colour of the
