@@ -34,8 +34,8 @@ from train.vision_warmup import (
 )
 
 
-def tiny_model_and_sources(data, out):
-    config = load_train_config("tiny", [])
+def tiny_model_and_sources(data, out, overrides=()):
+    config = load_train_config("tiny", list(overrides))
     sources = resolve_sources([SourceSpec(path=str(data))], seed=0)
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     return build_model(config.model, seed=0, sources=sources, out=out, info=info), sources
@@ -78,6 +78,16 @@ def test_the_tower_is_warmed_beside_the_vit_text_that_training_gives_each_image(
     assert guided.shape == unguided.shape == (8, (model.config.image.image_size // model.vision.patch_size) ** 2,
                                                  model.vision.output_size)
     assert not torch.allclose(guided, unguided, atol=1e-3)  # the text reaches the patches, as in training
+
+
+def test_without_tune_the_tower_is_warmed_on_images_alone(small_dataset, tmp_path):
+    model, sources = tiny_model_and_sources(small_dataset, tmp_path,
+                                            ['model.overrides={"use_tune": false, "dsm_weight": 0}'])
+    assert not model.config.use_tune
+    examples, _ = warmup_examples(model, sources, max_images=4)
+    assert all(e.vit_text_ids == [] for e in examples)
+    losses = warmup_losses(model, WarmupHeads(model.vision.output_size), examples)
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_a_resumed_run_continues_exactly_and_does_not_warm_up_again(small_dataset, tmp_path, caplog):
