@@ -13,6 +13,7 @@ Run: python benchmarks/demo_image_use.py --data outputs/demo/dataset outputs/dem
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
@@ -30,6 +31,7 @@ from train.checkpoint import resolve_checkpoint  # noqa: E402
 from train.config import SourceSpec  # noqa: E402
 from train.loader import image_member, shard_samples  # noqa: E402
 from train.sources import list_shards  # noqa: E402
+from train.vision_warmup import patch_features  # noqa: E402
 
 FAMILIES = ("SynthColor", "SynthCount", "SynthConvShort", "SynthMultiChoice")
 BATCH = 8
@@ -58,24 +60,20 @@ def image_use(model: FusionModel, samples: list[tuple[list[dict[str, str]], byte
     for start in range(0, len(samples), BATCH):
         chunk = samples[start:start + BATCH]
         pixels = [builder.image_processor(Image.open(io.BytesIO(image)).convert("RGB")) for _, image in chunk]
+        encoded = [builder.assemble(builder.tokenize(conversation, has_image=True), has_image=True,
+                                    latent_count=latent_count) for conversation, _ in chunk]
         for mode in losses:
-            encoded = []
-            for index, (conversation, _) in enumerate(chunk):
-                item = builder.assemble(builder.tokenize(conversation, has_image=True), has_image=True,
-                                        latent_count=latent_count)
-                item.pixel_values = pixels[index if mode == "own" else (index + 1) % len(chunk)]
-                encoded.append(item)
-            batch = builder.pad(encoded, latent_count=latent_count, for_generation=False)
-            output = model(batch, loss_chunk_tokens=4096)
-            losses[mode] += float(output.lm_loss_sum)
-            tokens += int((batch.labels != -100).sum()) if mode == "own" else 0
+            shift = 0 if mode == "own" else 1  # "other": the next sample's image
+            items = [dataclasses.replace(item, pixel_values=pixels[(index + shift) % len(chunk)])
+                     for index, item in enumerate(encoded)]
+            batch = builder.pad(items, latent_count=latent_count, for_generation=False)
+            losses[mode] += float(model(batch, loss_chunk_tokens=4096).lm_loss_sum)
+        tokens += int((batch.labels != -100).sum())
         if model.config.use_tune:
-            full_views = batch.pixel_values[:, -1]
-            _, guide = model.vit_text_guide(batch.vit_text_ids)
-            guided = model.vision(full_views, guide, batch.vit_text_mask)
-            patches = guided.patch_embeddings.shape[1]
-            alone = model.vision(full_views).features
-            cosines.append(torch.nn.functional.cosine_similarity(guided.features[:, :patches], alone, dim=-1).mean())
+            full_views = torch.stack([views[-1] for views in pixels])
+            guided = patch_features(model, full_views, [item.vit_text_ids for item in encoded])
+            alone = patch_features(model, full_views, [[] for _ in encoded])
+            cosines.append(torch.nn.functional.cosine_similarity(guided, alone, dim=-1).mean())
     result = {mode: total / tokens for mode, total in losses.items()}
     result["cosine"] = float(torch.stack(cosines).mean()) if cosines else float("nan")
     return result

@@ -25,6 +25,7 @@ import json
 import logging
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,15 +117,21 @@ def _example(raw: dict, builder: SequenceBuilder, size: int, patch: int, counts:
 
 def tower_features(model: FusionModel, examples: list[WarmupExample]) -> torch.Tensor:
     """(N, P, C) connector input of the examples' full views; with TUNE, guided by each one's ViT text."""
-    builder = model.sequence_builder
+    processor = model.sequence_builder.image_processor
+    pixels = torch.stack([processor(Image.open(io.BytesIO(e.image)))[-1] for e in examples])
+    return patch_features(model, pixels, [e.vit_text_ids for e in examples])
+
+
+def patch_features(model: FusionModel, full_views: torch.Tensor, vit_texts: Sequence[list[int]]) -> torch.Tensor:
+    """(N, P, C) connector input of N full views, beside their ViT text ids with TUNE (empty ids: no text)."""
     device = _device(model)
-    pixels = torch.stack([builder.image_processor(Image.open(io.BytesIO(e.image)))[-1] for e in examples]).to(device)
+    full_views = full_views.to(device)
     if not model.config.use_tune:
-        return model.vision(pixels).features
-    ids, mask = builder.pad_vit_texts([e.vit_text_ids for e in examples])
+        return model.vision(full_views).features
+    ids, mask = model.sequence_builder.pad_vit_texts(vit_texts)
     with torch.no_grad():  # the warm-up trains the tower alone; the LLM's embeddings and the aux projector wait
         _, guide = model.vit_text_guide(ids.to(device))
-    encoding = model.vision(pixels, guide, mask.to(device))
+    encoding = model.vision(full_views, guide, mask.to(device))
     return encoding.features[:, : encoding.patch_embeddings.shape[1]]
 
 
