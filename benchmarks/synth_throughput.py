@@ -14,10 +14,10 @@ was busy, from the manifest's cost accounting) splits the gap into the model run
 stages and the model waiting for work.
 
 What two workers can reach also depends on the machine: on a shared host the second core may give much less
-than a second core's work. Each round therefore also measures the machine's parallel capacity on the same
-CPU stages without Ray: the generation and filtering of one unit in one process alone, then in two processes at
-once (the ratio of the work done per second, 2.0 on two free cores). Part 1 prints the 2-worker pipeline's
-speed-up beside it, as a share of that capacity.
+than a second core's work. Each round therefore also measures the machine's parallel capacity on the same CPU
+stages without Ray: the generation and filtering of four units' samples in one process alone, then in two
+processes at once (the ratio of the work done per second, 2.0 on two free cores). Part 1 prints the 2-worker
+pipeline's speed-up beside it, as a share of that capacity.
 
 Rounds are interleaved so machine noise hits every mode alike; medians are reported. Ray's start-up and the
 first start of its worker processes are one-off costs, reported apart. "busy workers" is the time spent
@@ -167,7 +167,7 @@ def main() -> None:
     startup = time.perf_counter() - start
     try:
         for _ in range(args.rounds):
-            capacity.append(parallel_capacity(cpu_modes[PLAIN][0], args.unit_size))
+            capacity.append(parallel_capacity(cpu_modes[PLAIN][0], 4 * args.unit_size))  # one unit: ~0.5 s, too noisy
             for name, (config, use_ray) in cpu_modes.items():
                 rate, busy_ratio, _ = timed_run(config, work / "cpu", use_ray)
                 cpu_rates[name].append(rate)
