@@ -54,6 +54,7 @@ FAMILIES = tuple(family_names())
 PLAIN = "plain loop (1 process)"
 RAY_CPUS = 2
 MODEL_BATCH = 16
+CAPACITY_UNITS = 4  # units' worth of samples per process in the capacity check: one unit (~0.5 s) was too noisy
 # Enough compute per sample that the model stage is the slowest stage (about 1/4 of the CPU stages' rate on
 # this machine), as the comparison with "the model stage alone" assumes.
 MODEL_STAGE = ("{name: bench_torch_model, id: model, params: {width: 512, depth: 8, passes: 96}, "
@@ -87,13 +88,21 @@ def timed_run(config: RunConfig, out: Path, use_ray: bool) -> tuple[float, float
     return samples / elapsed, result.busy_seconds / elapsed, busy_rates
 
 
+def stage_runner(config: RunConfig, context: RunContext, specs: list) -> StageRunner:
+    return StageRunner(build_stages(specs, context, config.plugins), None)
+
+
+def bench_unit(family: str, samples: int) -> WorkUnit:
+    return WorkUnit(family, "train", 0, 0, samples, derive_seed(0, family, "train"))
+
+
 def model_stage_alone(config: RunConfig, samples: int) -> float:
     """Samples per second of the model stage by itself, in this process, on the pipeline's kind of records."""
     context = RunContext(run_seed=config.seed)
     specs = {s.stage_id: s for s in config.stages}
-    generator = StageRunner(build_stages([specs["procedural_scene"]], context, config.plugins), None)
-    model = StageRunner(build_stages([specs["model"]], context, config.plugins), None)
-    unit = WorkUnit("SynthColor", "train", 0, 0, samples, derive_seed(0, "SynthColor", "train"))
+    generator = stage_runner(config, context, [specs["procedural_scene"]])
+    model = stage_runner(config, context, [specs["model"]])
+    unit = bench_unit("SynthColor", samples)
     records = new_records(unit, context)
     generator.run(unit, records)
     model.run(unit, records[:MODEL_BATCH])  # warm-up
@@ -105,8 +114,8 @@ def model_stage_alone(config: RunConfig, samples: int) -> float:
 def _stage_work(config: RunConfig, samples: int, barrier=None) -> float:
     """Seconds to generate and filter ``samples`` records of the CPU stages, after an optional start barrier."""
     context = RunContext(run_seed=config.seed)
-    runner = StageRunner(build_stages(config.stages, context, config.plugins), None)
-    unit = WorkUnit("SynthMultiChoice", "train", 0, 0, samples, derive_seed(0, "SynthMultiChoice", "train"))
+    runner = stage_runner(config, context, config.stages)
+    unit = bench_unit("SynthMultiChoice", samples)
     runner.run(unit, new_records(unit, context)[:10])  # imports and first calls, not timed
     if barrier is not None:
         barrier.wait()
@@ -117,7 +126,7 @@ def _stage_work(config: RunConfig, samples: int, barrier=None) -> float:
 
 def parallel_capacity(config: RunConfig, samples: int) -> float:
     """Work per second of two processes at once over one process alone, on the same CPU stages (2.0: two free
-    cores). Spawned processes, started apart from the timing, so Ray's and this process's state play no part."""
+    cores). The lone run is in this process; the pair in spawned processes that start their timing together."""
     alone = _stage_work(config, samples)
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
@@ -167,7 +176,7 @@ def main() -> None:
     startup = time.perf_counter() - start
     try:
         for _ in range(args.rounds):
-            capacity.append(parallel_capacity(cpu_modes[PLAIN][0], 4 * args.unit_size))  # one unit: ~0.5 s, too noisy
+            capacity.append(parallel_capacity(cpu_modes[PLAIN][0], CAPACITY_UNITS * args.unit_size))
             for name, (config, use_ray) in cpu_modes.items():
                 rate, busy_ratio, _ = timed_run(config, work / "cpu", use_ray)
                 cpu_rates[name].append(rate)
