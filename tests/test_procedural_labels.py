@@ -13,11 +13,12 @@ from generators.procedural.labels import (
     NO_CENTRE,
     SHAPE_CLASSES,
     object_index_map,
+    pair_index,
     scene_labels,
 )
 from generators.procedural.params import ProceduralParams
 from generators.procedural.sample import generate_sample
-from generators.procedural.vocabulary import BACKGROUND_STYLES
+from generators.procedural.vocabulary import BACKGROUND_STYLES, OBJECT_COLORS, SHAPES
 
 
 @pytest.mark.parametrize("family", family_names())
@@ -64,6 +65,20 @@ def test_patch_shares_centres_style_and_count_of_a_known_scene():
     assert labels.centre_shapes[inside] == SHAPE_CLASSES.index("square")
     assert (labels.centre_shapes == NO_CENTRE).sum() == grid * grid - 1
     assert labels.background_style == BACKGROUND_STYLES.index("solid") and labels.shape_count == 1
+    assert labels.present_pairs.sum() == 1 and labels.present_pairs[pair_index("square", "red")] == 1
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_present_pairs_are_the_shapes_of_every_panel_by_colour(family):
+    params = ProceduralParams(image_size=64)
+    for seed in range(4):
+        scenes = generate_sample(family, seed, params).metadata()["scenes"]
+        labels = scene_labels(scenes, size=64, patch=8)
+        expected = {(o["shape"], o["color"]) for s in scenes for o in s["objects"] if o["kind"] == "shape"}
+        found = {(shape, colour) for shape in SHAPES for colour in OBJECT_COLORS
+                 if labels.present_pairs[pair_index(shape, colour)] == 1}
+        assert found == expected, f"{family} seed {seed}"
+        assert labels.present_pairs.sum() == len(expected)  # boards and the background are not pairs
 
 
 def test_labels_refuse_a_patch_that_does_not_divide_the_image_and_a_missing_scene():

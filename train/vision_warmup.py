@@ -35,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from generators.procedural.labels import COLOUR_CLASSES, MAX_SHAPE_COUNT, NO_CENTRE, SHAPE_CLASSES, scene_labels
-from generators.procedural.vocabulary import BACKGROUND_STYLES
+from generators.procedural.vocabulary import BACKGROUND_STYLES, OBJECT_COLORS, SHAPES
 from model.fusion import FusionModel
 from model.sequence import SequenceBuilder
 from pipeline.fileio import atomic_write_text
@@ -63,6 +63,7 @@ class WarmupExample:
     centre_shapes: torch.Tensor
     background_style: int
     shape_count: int
+    present_pairs: torch.Tensor
     vit_text_ids: list[int]  # the ViT text training gives this sample (empty without TUNE)
 
 
@@ -74,6 +75,7 @@ class WarmupHeads(nn.Module):
         self.centre = nn.Linear(width, len(SHAPE_CLASSES))
         self.style = nn.Linear(width, len(BACKGROUND_STYLES))
         self.count = nn.Linear(width, MAX_SHAPE_COUNT + 1)
+        self.pairs = nn.Linear(width, len(SHAPES) * len(OBJECT_COLORS))
 
 
 def warmup_examples(model: FusionModel, sources: list[Source], max_images: int) -> tuple[list[WarmupExample], Counter]:
@@ -112,7 +114,7 @@ def _example(raw: dict, builder: SequenceBuilder, size: int, patch: int, counts:
         return None
     return WarmupExample(image_bytes, torch.from_numpy(labels.colour_shares), torch.from_numpy(labels.shape_shares),
                          torch.from_numpy(labels.centre_shapes), labels.background_style, labels.shape_count,
-                         vit_text_ids)
+                         torch.from_numpy(labels.present_pairs), vit_text_ids)
 
 
 def tower_features(model: FusionModel, examples: list[WarmupExample]) -> torch.Tensor:
@@ -157,6 +159,10 @@ def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupE
             heads.style(pooled), torch.tensor([e.background_style for e in examples], device=device)),
         "count": nn.functional.cross_entropy(
             heads.count(pooled), torch.tensor([e.shape_count for e in examples], device=device)),
+        # summed over the pairs (a mean over 64 mostly absent pairs would weigh it far below the other terms)
+        "pairs": nn.functional.binary_cross_entropy_with_logits(
+            heads.pairs(pooled), torch.stack([e.present_pairs for e in examples]).to(device),
+            reduction="none").sum(-1).mean(),
     }
 
 

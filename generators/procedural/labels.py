@@ -2,8 +2,8 @@
 
 Which object covers each pixel is drawn exactly as the renderer draws it (shapes without anti-aliasing, boards
 from their geometry), so the labels match the pixels. From that map come per-patch class shares (colour and
-shape), the shape of the object centred in each patch, the background style and the number of shapes: the
-targets with which ``train/vision_warmup.py`` teaches a vision tower from scratch to see these scenes.
+shape), the shape of the object centred in each patch, the background style, the number of shapes and which
+(shape, colour) pairs the image holds: the targets with which ``train/vision_warmup.py`` teaches a vision tower from scratch to see these scenes.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ class SceneLabels:
     centre_shapes: np.ndarray  # (patches,) int64: shape class of the object whose centre is in it, NO_CENTRE if none
     background_style: int  # index in BACKGROUND_STYLES (the first panel's)
     shape_count: int  # shapes over every panel, at most MAX_SHAPE_COUNT
+    # (len(SHAPES) * len(OBJECT_COLORS),) float32 multi-hot: 1 where a shape of that kind and colour is in any panel
+    present_pairs: np.ndarray
 
 
 def object_index_map(scenes: list[dict[str, Any]], size: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -95,13 +97,23 @@ def scene_labels(scenes: list[dict[str, Any]], size: int, patch: int) -> SceneLa
             row = min(grid - 1, int(obj["y"] * size / height) // patch)
             centres[row * grid + col] = shape_of[k]
     shape_count = sum(o["kind"] == "shape" for o in objects)
+    present_pairs = np.zeros(len(SHAPES) * len(OBJECT_COLORS), dtype=np.float32)
+    for obj in objects:
+        if obj["kind"] == "shape":
+            present_pairs[pair_index(obj["shape"], obj["color"])] = 1.0
     return SceneLabels(
         colour_shares=shares(colour_of, len(COLOUR_CLASSES)),
         shape_shares=shares(shape_of, len(SHAPE_CLASSES)),
         centre_shapes=centres,
         background_style=BACKGROUND_STYLES.index(scenes[0]["background"]["style"]),
         shape_count=min(shape_count, MAX_SHAPE_COUNT),
+        present_pairs=present_pairs,
     )
+
+
+def pair_index(shape: str, colour: str) -> int:
+    """Position of a (shape, colour) pair in ``SceneLabels.present_pairs``: shapes are rows, colours columns."""
+    return SHAPES.index(shape) * len(OBJECT_COLORS) + list(OBJECT_COLORS).index(colour)
 
 
 def _colour_class(obj: dict[str, Any]) -> int:
