@@ -138,7 +138,8 @@ def main() -> None:
         examples, _ = warmup_examples(model, resolve_sources([SourceSpec(path=args.data, split="test")], 0),
                                       args.probe_images)
         tower, tokens, colours = centre_colours(model, examples)
-        majority = float(torch.bincount(colours[len(colours) * 2 // 3:]).max()) / (len(colours) - len(colours) * 2 // 3)
+        scored = colours[len(colours) * 2 // 3:]  # the probe's held-out third
+        majority = float(torch.bincount(scored).max()) / len(scored)
         print(f"{str(checkpoint)[-44:]:44s} colour at {len(colours)} object centres, linear probe: tower output "
               f"{probe_accuracy(tower, colours):.1%}, decoder's image tokens {probe_accuracy(tokens, colours):.1%} "
               f"(most common colour {majority:.1%})", flush=True)

@@ -138,7 +138,8 @@ def patch_features(model: FusionModel, full_views: torch.Tensor, vit_texts: Sequ
 
 
 def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupExample]) -> dict[str, torch.Tensor]:
-    """Soft cross-entropy on the patch shares, cross-entropy on centred shapes, the style and the count."""
+    """Soft cross-entropy on the patch shares, cross-entropy on centred shapes, the style and the count, binary
+    cross-entropy on the pairs present."""
     features = tower_features(model, examples)
     device = features.device
 

@@ -3,7 +3,8 @@
 Which object covers each pixel is drawn exactly as the renderer draws it (shapes without anti-aliasing, boards
 from their geometry), so the labels match the pixels. From that map come per-patch class shares (colour and
 shape), the shape of the object centred in each patch, the background style, the number of shapes and which
-(shape, colour) pairs the image holds: the targets with which ``train/vision_warmup.py`` teaches a vision tower from scratch to see these scenes.
+(shape, colour) pairs the image holds: the targets with which ``train/vision_warmup.py`` teaches a vision tower
+from scratch to see these scenes.
 """
 
 from __future__ import annotations
