@@ -37,6 +37,8 @@ def test_backend_embeds_unit_vectors_and_names_its_weights(tiny_synthesis_models
         OpenClipParams(model="local-dir:/nowhere")
 
 
+# Several Ray runs of tiny models: a hang guard, not a speed check (on a loaded 2-core machine one took > 300 s).
+@pytest.mark.timeout(600)
 def test_clip_stages_share_one_model_on_ray_and_replay_from_the_cache(local_ray, tiny_synthesis_models, tmp_path):
     from pipeline.synthesis import synthesize
 
