@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from filters.clip_backend import OpenClipBackend, OpenClipParams
+from tests.marks import SEVERAL_RAY_RUNS
 from tests.synthesis.conftest import small_config
 from tests.synthesis.test_engine import shard_records
 
@@ -37,8 +38,7 @@ def test_backend_embeds_unit_vectors_and_names_its_weights(tiny_synthesis_models
         OpenClipParams(model="local-dir:/nowhere")
 
 
-# Several Ray runs of tiny models: a hang guard, not a speed check (on a loaded 2-core machine one took > 300 s).
-@pytest.mark.timeout(600)
+@SEVERAL_RAY_RUNS
 def test_clip_stages_share_one_model_on_ray_and_replay_from_the_cache(local_ray, tiny_synthesis_models, tmp_path):
     from pipeline.synthesis import synthesize
 

@@ -11,6 +11,7 @@ from filters.qa_verdicts import qa_pairs
 from pipeline.record import SampleRecord
 from pipeline.synthesis import synthesize
 from tests.filters.plugin_stages import WRONG_ANSWER
+from tests.marks import SEVERAL_RAY_RUNS
 from tests.synthesis.conftest import small_config
 from tests.synthesis.test_pipeline import data_files, tar_members
 
@@ -108,8 +109,7 @@ def test_statements_are_scored_by_clip_and_a_low_one_drops_its_pair(tmp_path, ti
     assert len(reasons) == 8 and all("too_few_qa: 0 of" in r and "< 0.999" in r for r in reasons)
 
 
-# Several Ray runs of tiny models: a hang guard, not a speed check (on a loaded 2-core machine one took > 300 s).
-@pytest.mark.timeout(600)
+@SEVERAL_RAY_RUNS
 def test_judges_with_the_tiny_llm_run_on_ray_and_replay_from_the_cache(local_ray, tmp_path, tiny_synthesis_models):
     """The real transformers backend (a random tiny LM under xgrammar's JSON constraint) as the shared judge of
     two stages: each sample gets its verdicts or a judge_failed reason, and a rerun makes no model call."""

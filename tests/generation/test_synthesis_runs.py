@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from pipeline.config import save_config
 from pipeline.record import IMAGE_TOKEN, SampleRecord
 from pipeline.synthesis import synthesize
 from tests.generation.conftest import tiny_models_config
+from tests.marks import SEVERAL_RAY_RUNS
 from tests.synthesis.test_pipeline import data_files, tar_members
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +30,7 @@ def stage_cache(manifest):
     return {s["stage"]: s["cache"] for s in manifest["stages"] if s["stage"] in MODEL_STAGES}
 
 
-# Several Ray runs of tiny models: a hang guard, not a speed check (on a loaded 2-core machine one took > 300 s).
-@pytest.mark.timeout(600)
+@SEVERAL_RAY_RUNS
 def test_tiny_models_run_end_to_end_on_ray_into_contract_valid_shards(local_ray, tiny_synthesis_models, tmp_path):
     config = tiny_models_config(tiny_synthesis_models,
                                 "categories={SynthConvShort: {train: 4, test: 2}, SynthConvLong: {train: 2}}")
@@ -92,8 +91,7 @@ def completed_units(out: Path) -> int:
     return len(list(out.glob("work/*/*_stats.json")))
 
 
-# Several Ray runs of tiny models: a hang guard, not a speed check (on a loaded 2-core machine one took > 300 s).
-@pytest.mark.timeout(600)
+@SEVERAL_RAY_RUNS
 def test_top_up_yields_exactly_n_identically_across_runs_and_after_kill_and_resume(local_ray, tiny_synthesis_models,
                                                                                    tmp_path):
     reference = tmp_path / "reference"
