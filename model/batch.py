@@ -9,6 +9,9 @@ Rows fall into two groups, each kept in batch order:
   text term (training with dsm_weight > 0), where it passes through the ViT blocks alone; generation never
   encodes it.
 
+Per latent block (NB rows, one per kept turn of an image sample, in batch order) come its positions, batch row,
+question end and, with `card.question_guided_tiles`, the ViT text of that turn alone.
+
 Text-only samples have no pixels, no image slots and no latent blocks. Each group is padded to its own longest
 text, and padding is marked by the explicit masks only (never inferred from a token id). Without TUNE both ViT
 texts are empty (width 0).
@@ -41,6 +44,10 @@ class FusionBatch:
     latent_positions: torch.Tensor  # (NB, Q) sequence positions of every latent block in the batch
     latent_rows: torch.Tensor  # (NB,) batch row of each latent block
     question_end_positions: torch.Tensor  # (NB,) position of the question-end token each block belongs to
+    # With card.question_guided_tiles: (NB, Lq) ids and bool mask of each block's own question, which guides the
+    # tiles its latents read; (NB, 0) otherwise.
+    latent_vit_text_ids: torch.Tensor
+    latent_vit_text_mask: torch.Tensor
 
     @property
     def batch_size(self) -> int:

@@ -102,6 +102,10 @@ class CardConfig:
     layer_stride: int = 3
     num_layers: int = 10
     num_heads: int = 16
+    # Each turn's latents (their initial pool and their windows) read the tiles encoded beside that turn's own
+    # question (TUNE once per turn) instead of the text-free tiles of the paper: a question-specific read in every
+    # turn of a multi-turn conversation. Without TUNE the tower reads no question and the tiles stay text-free.
+    question_guided_tiles: bool = False
 
     def interaction_after_layers(self) -> list[int]:
         return [self.layer_start + i * self.layer_stride for i in range(self.num_layers)]
@@ -165,6 +169,11 @@ class FusionConfig:
             raise ConfigError(f"inference_image_grid must be >= 1 or None, got {self.inference_image_grid}")
         if self.vision_tower.drop_last_layers < 0:
             raise ConfigError(f"vision_tower.drop_last_layers must be >= 0, got {self.vision_tower.drop_last_layers}")
+
+    @property
+    def guides_tiles_by_question(self) -> bool:
+        """Each latent block's tiles are encoded beside its own question (card.question_guided_tiles with TUNE)."""
+        return self.use_card and self.use_tune and self.card.question_guided_tiles
 
     # -- variants -----------------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> FusionConfig:

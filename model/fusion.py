@@ -71,9 +71,10 @@ class FusionOutput:
 @dataclass
 class _ImageFeatures:
     image_tokens: torch.Tensor  # (NI, G*G, D) tokens placed in the LLM sequence
-    tile_map: torch.Tensor | None  # (NI, g*s, g*s, D) stitched tile map in LLM space (CARD only)
+    tile_map: torch.Tensor | None  # (NI or NB, g*s, g*s, D) stitched tile map in LLM space (CARD only)
     rebuilt_question: Reconstruction | None  # DSM text term of the image samples (when DSM is computed)
     rebuilt_patches: Reconstruction | None  # DSM image term (when DSM is computed)
+    tile_map_per_block: bool = False  # the tile map has one row per latent block (question-guided), not per image
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -397,14 +398,20 @@ class FusionModel(nn.Module):
         views, size = self.config.image.tile_grid**2 + 1, self.config.image.image_size
         device = embeddings.device
         latent_count = batch.latent_count or self.config.card.eval_latent_count
+        one_token = torch.ones(1, 1, dtype=torch.bool, device=device)
         blank = dataclasses.replace(
             batch,
+            has_image=torch.ones(1, dtype=torch.bool, device=device),
             pixel_values=torch.zeros(1, views, 3, size, size, device=device),
             image_positions=torch.zeros(1, self.native_image_grid**2, dtype=torch.long, device=device),
             image_grid=self.native_image_grid,
             vit_text_ids=batch.input_ids[:1, :1],
-            vit_text_mask=torch.ones(1, 1, dtype=torch.bool, device=device),
+            vit_text_mask=one_token,
             latent_count=latent_count if self.card is not None else 0,
+            # one block on the blank image, for question-guided tiles
+            latent_rows=torch.zeros(1, dtype=torch.long, device=device),
+            latent_vit_text_ids=batch.input_ids[:1, :1],
+            latent_vit_text_mask=one_token,
         )
         features = self.encode_images(blank, compute_dsm=False)
         unused = features.image_tokens.sum()
@@ -447,9 +454,9 @@ class FusionModel(nn.Module):
                     f"batch.latent_positions has {batch.latent_positions.shape[1]} slots per block, "
                     f"latent_count is {batch.latent_count}"
                 )
-            block_images = batch.image_index_of_rows()[batch.latent_rows]
-            if bool((block_images < 0).any()):
-                raise ValueError("batch has latent blocks on text-only rows")
+            block_images = self.block_images(batch)
+            if features.tile_map_per_block:  # row b of the map belongs to block b
+                block_images = torch.arange(len(block_images), device=block_images.device)
             latents = initial_latents(features.tile_map, batch.latent_count)[block_images]
             latent_rows = batch.latent_rows[:, None].expand_as(batch.latent_positions)
             embeddings = embeddings.index_put((latent_rows, batch.latent_positions), latents.to(embeddings.dtype))
@@ -495,10 +502,13 @@ class FusionModel(nn.Module):
 
         tile_features = None
         question_embeddings = None
+        guided_tiles = needs_tiles and self.config.guides_tiles_by_question
         if self.config.use_tune:
             question_embeddings, guide = self.vit_text_guide(batch.vit_text_ids)
             encoding = self.vision(full_views, guide, batch.vit_text_mask)
-            if needs_tiles:
+            if guided_tiles:
+                tile_features = self._question_guided_tile_features(tiles, batch)
+            elif needs_tiles:
                 tile_features = self.vision(tiles).features
         elif needs_tiles:
             # Without text the full view and the tiles share one ViT batch.
@@ -537,7 +547,27 @@ class FusionModel(nn.Module):
             tile_map=tile_map,
             rebuilt_question=rebuilt_question,
             rebuilt_patches=rebuilt_patches,
+            tile_map_per_block=guided_tiles,
         )
+
+    def _question_guided_tile_features(self, tiles: torch.Tensor, batch: FusionBatch) -> torch.Tensor:
+        """(NB * g*g, s*s, C) connector input of each latent block's tiles, encoded beside that block's own question
+        (card.question_guided_tiles); each image's tiles are embedded once, whatever its number of turns."""
+        per_image = self.config.image.tile_grid**2
+        embedded = self.vision.embed_patches(tiles)
+        block_tiles = embedded.unflatten(0, (-1, per_image))[self.block_images(batch)].flatten(0, 1)
+        _, guide = self.vit_text_guide(batch.latent_vit_text_ids)
+        guide = guide.repeat_interleave(per_image, dim=0)
+        mask = batch.latent_vit_text_mask.repeat_interleave(per_image, dim=0)
+        return self.vision.encode_embedded(block_tiles, guide, mask).features[:, : embedded.shape[1]]
+
+    @staticmethod
+    def block_images(batch: FusionBatch) -> torch.Tensor:
+        """(NB,) index into the per-image tensors of each latent block's image."""
+        block_images = batch.image_index_of_rows()[batch.latent_rows]
+        if bool((block_images < 0).any()):
+            raise ValueError("batch has latent blocks on text-only rows")
+        return block_images
 
     # -- generation -----------------------------------------------------------------------------------------------
     @torch.no_grad()

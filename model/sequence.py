@@ -125,6 +125,8 @@ class EncodedSample:
     question_ends: list[int]  # question-end position of each kept turn
     vit_text_ids: list[int]  # with TUNE, for every sample: image or text-only, one policy and cap
     pixel_values: torch.Tensor | None
+    # each latent block's own question ids (capped per turn), with card.question_guided_tiles; else empty
+    latent_vit_text_ids: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -261,6 +263,7 @@ class SequenceBuilder:
             latent_side(latents_per_turn)  # rejects a Q that is not a perfect square
         layout = self._layout(tokenized, image_tokens, latents_per_turn)
         kept_turns = self._truncate(layout, max_length or self.config.sequence.max_length, for_generation)
+        guided = latents_per_turn and self.config.guides_tiles_by_question
         return EncodedSample(
             input_ids=layout.ids,
             labels=layout.labels,
@@ -269,6 +272,7 @@ class SequenceBuilder:
             question_ends=layout.question_ends[:kept_turns],
             vit_text_ids=self._join_vit_texts(tokenized.vit_text_ids_per_turn[:kept_turns]),
             pixel_values=None,
+            latent_vit_text_ids=list(tokenized.vit_text_ids_per_turn[:kept_turns]) if guided else [],
         )
 
     def verify_label_masks(self) -> None:
@@ -352,12 +356,19 @@ class SequenceBuilder:
             [sample.vit_text_ids for sample in encoded if sample.pixel_values is None]
         )
 
-        starts, rows, question_ends = [], [], []
+        starts, rows, question_ends, block_texts = [], [], [], []
         for row, sample in enumerate(encoded):
             for start, question_end in zip(sample.latent_starts, sample.question_ends):
                 starts.append(start + offsets[row])
                 rows.append(row)
                 question_ends.append(question_end + offsets[row])
+            block_texts += sample.latent_vit_text_ids
+        if block_texts and len(block_texts) != len(starts):
+            raise ValueError(f"{len(block_texts)} latent ViT texts for {len(starts)} latent blocks")
+        latent_vit_text_ids, latent_vit_text_mask = self.pad_vit_texts(block_texts)
+        if not block_texts:  # one row per block, of width 0: no block has a question of its own
+            latent_vit_text_ids = latent_vit_text_ids.new_zeros(len(starts), 0)
+            latent_vit_text_mask = latent_vit_text_mask.new_zeros(len(starts), 0)
         latent_positions = (
             torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(latent_count)[None, :]
         ).reshape(len(starts), latent_count)
@@ -379,6 +390,8 @@ class SequenceBuilder:
             latent_positions=latent_positions,
             latent_rows=torch.tensor(rows, dtype=torch.long),
             question_end_positions=torch.tensor(question_ends, dtype=torch.long),
+            latent_vit_text_ids=latent_vit_text_ids,
+            latent_vit_text_mask=latent_vit_text_mask,
         )
 
     def pad_vit_texts(self, texts: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

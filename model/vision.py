@@ -101,7 +101,16 @@ class TextGuidedVisionEncoder(nn.Module):
         text_mask: torch.Tensor | None = None,
     ) -> VisionEncoding:
         """Encode (N, 3, H, W) views, optionally guided by (N, Lt, C) text embeddings with their (N, Lt) mask."""
-        patches = self.embed_patches(pixel_values)
+        return self.encode_embedded(self.embed_patches(pixel_values), text_embeddings, text_mask)
+
+    def encode_embedded(
+        self,
+        patches: torch.Tensor,
+        text_embeddings: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> VisionEncoding:
+        """`forward` from (N, P, C) patch embeddings (`embed_patches`): one view embedded once can be encoded beside
+        several texts."""
         num_patches = patches.shape[1]
         hidden = patches
         late_mask = early_mask = None

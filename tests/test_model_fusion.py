@@ -365,3 +365,56 @@ def test_a_convolutional_stem_replaces_the_patch_embedding_and_round_trips(tiny_
     pretrained = dataclasses.replace(VisionTowerConfig(source=str(tiny_checkpoints["siglip"])), conv_stem=stem)
     with pytest.raises(BackboneError, match="would replace the pretrained patch embedding"):
         FusionModel.from_config(dataclasses.replace(base, vision_tower=pretrained))
+
+
+def test_question_guided_tiles_give_each_turn_a_read_of_its_own_question(tiny_checkpoints, tmp_path):
+    from train.flops import FusionFlops
+
+    def with_guided_tiles(guided: bool) -> FusionModel:
+        config = tiny_config(tiny_checkpoints)
+        config = config.replace(card=dataclasses.replace(config.card, question_guided_tiles=guided))
+        torch.manual_seed(0)
+        return FusionModel.from_config(config)
+
+    guided, plain = with_guided_tiles(True), with_guided_tiles(False)
+    plain.load_state_dict(guided.state_dict())
+    other_second_question = [*IMAGE_CONVERSATION[:2], {"from": "human", "value": "Where is the lamp?"},
+                             IMAGE_CONVERSATION[3]]
+
+    def initial_latents(model, conversation):
+        batch = model.sequence_builder.collate([(make_image(0), conversation)], latent_count=4)
+        with torch.no_grad():
+            embeddings, _, _ = model.prepare_inputs(batch, compute_dsm=False)
+        return batch, [embeddings[0, positions] for positions in batch.latent_positions]
+
+    batch, (first, second) = initial_latents(guided, IMAGE_CONVERSATION)
+    tokenizer = guided.tokenizer
+    assert [tokenizer.decode(ids[mask]) for ids, mask in zip(batch.latent_vit_text_ids, batch.latent_vit_text_mask)] \
+        == ["What colour is the ball?", "How many cubes are on the table?"]
+    _, (first_again, second_other) = initial_latents(guided, other_second_question)
+    assert torch.equal(first, first_again)  # a turn's latents depend on its own question ...
+    assert not torch.allclose(second, second_other, atol=1e-4)  # ... and change with it
+    assert not torch.allclose(first, second, atol=1e-4)
+    plain_batch, (plain_first, plain_second) = initial_latents(plain, IMAGE_CONVERSATION)
+    assert torch.equal(plain_first, plain_second)  # the paper's latents: the same text-free tiles for every turn
+    assert plain_batch.latent_vit_text_ids.shape == (2, 0)
+
+    # every parameter trains, on a mixed batch and (uniform execution) on a text-only one; generation works
+    guided(training_batch(guided)).loss.backward()
+    assert [name for name, p in guided.named_parameters() if p.grad is None] == []
+    guided.zero_grad(set_to_none=True)
+    guided.uniform_execution = True
+    guided(guided.sequence_builder.collate([(None, TEXT_CONVERSATION)], latent_count=4)).loss.backward()
+    assert [name for name, p in guided.named_parameters() if p.grad is None] == []
+    guided.eval()
+    assert len(guided.generate([make_image(3), None], [IMAGE_CONVERSATION[:1], TEXT_CONVERSATION[:1]],
+                               max_new_tokens=3)) == 2
+    # the FLOPs count one tile pass per latent block, beside its question, instead of one per image
+    mixed = training_batch(guided)
+    assert FusionFlops.of(guided).step_flops(mixed) > FusionFlops.of(plain).step_flops(training_batch(plain))
+    # saved and loaded, the switch and the weights come back
+    guided.save_pretrained(tmp_path / "guided")
+    loaded = FusionModel.from_pretrained(tmp_path / "guided")
+    assert loaded.config.card.question_guided_tiles
+    with torch.no_grad():
+        assert torch.equal(guided(mixed).logits, loaded(mixed).logits)

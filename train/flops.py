@@ -4,7 +4,8 @@ torchtitan counts 6 * N FLOPs per token for the dense weights (forward + backwar
 per token for attention, and reports achieved TFLOP/s and MFU = achieved / peak. FUSION has more than one
 transformer, so each part is counted with the tokens it really processes in the batch: the LLM over the sequence
 (the LM head only over supervised tokens, as the chunked loss computes it), the ViT over the text-guided full
-views (patches + question tokens), the tiles and the DSM text pass, the projectors over their inputs, and every
+views (patches + question tokens), the tiles (once per latent block, beside its question, with
+`card.question_guided_tiles`) and the DSM text pass, the projectors over their inputs, and every
 interaction layer over the latent tokens.
 """
 
@@ -45,6 +46,7 @@ class FusionFlops:
     mm_projector: int
     aux_projector: int
     interaction: int  # parameters of all interaction layers
+    question_guided_tiles: bool = False  # tiles encoded once per latent block, beside its question
 
     @classmethod
     def of(cls, model: FusionModel) -> FusionFlops:
@@ -61,6 +63,7 @@ class FusionFlops:
                                                        model.config.image.image_size, grid * grid),
             mm_projector=_count(model.mm_projector), aux_projector=_count(model.aux_projector),
             interaction=_count(model.card),
+            question_guided_tiles=model.config.guides_tiles_by_question,
         )
 
     def llm_flops_per_token(self, seq_len: int) -> float:
@@ -77,11 +80,18 @@ class FusionFlops:
         images = batch.num_images
         text = float(batch.vit_text_mask.shape[1]) if batch.vit_text_mask.numel() else 0.0
         full_view = self.patches + text
-        vit_tokens = images * full_view + images * self.tiles * self.patches + float(batch.text_only_vit_text_mask.sum())
-        vit_attention = images * full_view**2 + images * self.tiles * self.patches**2
+        if self.question_guided_tiles:  # every latent block's tiles, beside its own question
+            blocks = float(batch.latent_positions.shape[0])
+            tile_views, tile_text = blocks * self.tiles, float(batch.latent_vit_text_mask.shape[1])
+        else:
+            blocks, tile_views, tile_text = 0.0, images * self.tiles, 0.0
+        tile_view = self.patches + tile_text
+        vit_tokens = images * full_view + tile_views * tile_view + float(batch.text_only_vit_text_mask.sum())
+        vit_attention = images * full_view**2 + tile_views * tile_view**2
         flops += 6 * self.vit_dense * vit_tokens + 12 * self.vit_layers * self.vit_width * vit_attention
         flops += 6 * self.patch_embedding_macs * images * (1 + self.tiles)
-        flops += 6 * self.mm_projector * vit_tokens + 6 * self.aux_projector * (images * (text + self.patches))
+        flops += 6 * self.mm_projector * vit_tokens
+        flops += 6 * self.aux_projector * (images * (text + self.patches) + blocks * tile_text)
         flops += 6 * self.interaction * float(batch.latent_positions.numel())
         return flops
 
