@@ -82,6 +82,7 @@ class WarmupExample:
     vit_text_ids: list[int]  # the ViT text training gives this sample's full view (empty without TUNE)
     turn_texts: list[list[int]] = field(default_factory=list)  # each turn's question alone, capped as in training
     turn_answers: list[str] = field(default_factory=list)  # each turn's normalized answer, "" for captions
+    turn_types: list[str] = field(default_factory=list)  # each turn's question type ("caption", "color_of_shape", ...)
 
 
 class WarmupHeads(nn.Module):
@@ -132,6 +133,8 @@ def _example(raw: dict, builder: SequenceBuilder, size: int, patch: int, counts:
         turn_answers = [normalize_answer(entry.get("answer_text", "")) if entry.get("question_type") != "caption"
                         else "" for entry in qa[: tokenized.num_turns]]
         turn_answers += [""] * (tokenized.num_turns - len(turn_answers))
+        turn_types = [entry.get("question_type", "") for entry in qa[: tokenized.num_turns]]
+        turn_types += [""] * (tokenized.num_turns - len(turn_types))
     except (KeyError, ValueError, TypeError, OSError) as error:
         counts["bad_sample"] += 1
         logger.warning("vision warm-up: sample %s skipped: %s", raw.get("__key__", "?"), error)
@@ -139,7 +142,7 @@ def _example(raw: dict, builder: SequenceBuilder, size: int, patch: int, counts:
     return WarmupExample(image_bytes, torch.from_numpy(labels.colour_shares), torch.from_numpy(labels.shape_shares),
                          torch.from_numpy(labels.centre_shapes), labels.background_style, labels.shape_count,
                          torch.from_numpy(labels.present_pairs), vit_text_ids,
-                         [list(ids) for ids in tokenized.vit_text_ids_per_turn], turn_answers)
+                         [list(ids) for ids in tokenized.vit_text_ids_per_turn], turn_answers, turn_types)
 
 
 def tower_features(model: FusionModel, examples: list[WarmupExample],
@@ -249,23 +252,41 @@ def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarm
 
 
 def fit_warmup_heads(model: FusionModel, examples: list[WarmupExample], config: VisionWarmupConfig, seed: int,
-                     progress: bool = True) -> tuple[WarmupHeads, list[dict[str, float]]]:
+                     progress: bool = True, train_text_path: bool = True) -> tuple[WarmupHeads, list[dict[str, float]]]:
     """The warm-up loop: the tower, the question's way into it (TUNE) and fresh heads trained together; returns the
-    heads and the per-step losses."""
+    heads and the per-step losses. `train_text_path=False` leaves the embeddings and the aux projector as they are
+    (the earlier warm-up, for comparison)."""
     answers = answers_of(examples) if model.config.use_tune else []
     with torch.random.fork_rng(devices=[]):  # seeded heads; the training's random stream is left as it was
         torch.manual_seed(seed)
         heads = WarmupHeads(model.vision.output_size, answers).to(_device(model))
+    text_path = warmed_modules(model)[1:]
+    frozen = [] if train_text_path else [p for module in text_path for p in module.parameters() if p.requires_grad]
+    for p in frozen:  # left alone, and no gradient piles up on it
+        p.requires_grad_(False)
     parameters = [p for module in warmed_modules(model) for p in module.parameters() if p.requires_grad]
     parameters += list(heads.parameters())
+    was_training = model.vision.training
+    model.vision.train()
+    try:
+        history = _fit(model, heads, examples, config, parameters, seed, progress)
+    finally:
+        model.vision.train(was_training)
+        for p in frozen:
+            p.requires_grad_(True)
+    return heads, history
+
+
+def _fit(model: FusionModel, heads: WarmupHeads, examples: list[WarmupExample], config: VisionWarmupConfig,
+         parameters: list[nn.Parameter], seed: int, progress: bool) -> list[dict[str, float]]:
+    """The optimisation steps of `fit_warmup_heads`; returns the per-step losses."""
+    history: list[dict[str, float]] = []
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
     ramp = max(1, int(config.warmup_ratio * config.steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, config.steps, ramp, "cosine", 0.0))  # the main training's shape
     order = random.Random(seed)
-    history: list[dict[str, float]] = []
-    was_training = model.vision.training
-    model.vision.train()
+    answers = heads.answer is not None
     with tqdm(total=config.steps, desc="vision warm-up", unit="step", disable=not progress) as bar:
         for _ in range(config.steps):
             batch = [examples[order.randrange(len(examples))] for _ in range(config.batch_size)]
@@ -279,8 +300,7 @@ def fit_warmup_heads(model: FusionModel, examples: list[WarmupExample], config: 
             history.append({name: float(value.detach()) for name, value in losses.items()})
             bar.update(1)
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
-    model.vision.train(was_training)
-    return heads, history
+    return history
 
 
 @torch.no_grad()
@@ -302,6 +322,30 @@ def centre_accuracy(model: FusionModel, heads: WarmupHeads, examples: list[Warmu
         total += int(centred.sum())
     model.vision.train(was_training)
     return {"centred_patches": total, "shape": shape_hits / max(total, 1), "colour": colour_hits / max(total, 1)}
+
+
+@torch.no_grad()
+def answer_accuracy(model: FusionModel, heads: WarmupHeads, examples: list[WarmupExample],
+                    batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Per question type: how often the answer head, reading the mean patch of each image encoded beside one
+    question, gives that question's answer, beside always giving the type's most common answer."""
+    if heads.answer is None:
+        raise ValueError("these warm-up heads have no answer head (a tower without TUNE reads no question)")
+    items = [(e, t) for e in examples for t, answer in enumerate(e.turn_answers) if answer]
+    hits: dict[str, list[bool]] = {}
+    answers: dict[str, Counter] = {}
+    was_training = model.vision.training
+    model.vision.eval()
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        features = tower_features(model, [e for e, _ in chunk], [e.turn_texts[t] for e, t in chunk])
+        predicted = heads.answer(features.mean(dim=1)).argmax(-1).tolist()
+        for (e, t), index in zip(chunk, predicted, strict=True):
+            hits.setdefault(e.turn_types[t], []).append(heads.answers[index] == e.turn_answers[t])
+            answers.setdefault(e.turn_types[t], Counter())[e.turn_answers[t]] += 1
+    model.vision.train(was_training)
+    return {kind: {"questions": len(hit), "accuracy": sum(hit) / len(hit),
+                   "most_common": answers[kind].most_common(1)[0][1] / len(hit)} for kind, hit in sorted(hits.items())}
 
 
 def warmed_modules(model: FusionModel) -> list[nn.Module]:
