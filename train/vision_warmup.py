@@ -22,9 +22,10 @@ beside it learns to ignore a constant, and meets real question text only in trai
 With TUNE each warm-up image is encoded beside one of its questions alone, and an answer head on the mean patch
 learns that question's answer (from the closed answer vocabulary of the records' ``metadata.qa``): the tower learns
 to put what the question asks into every patch, where the decoder reads image-wide facts such as the number of
-shapes. Measured on the demo's held-out questions after 1,200 steps (a linear head on the mean patch): "What
-colour is the X?" 44% right (17% for the most common colour), "How many shapes?" 57% (22%); with the aux projector
-left untrained, 2% and 6%: the tower had not learned to read the question at all. In training a turn's question
+shapes. Measured by benchmarks/demo_learnability.py on the demo's held-out questions after the demo's 1,200
+steps: the answer head answers "What colour is the X?" 39% right (17% for the most common colour), "How many shapes
+are there in total?" 63% (22%), the background pattern 83% (40%); with the text path left as initialised, 1%, 7%
+and 18%: the tower had not learned to read the question at all. In training a turn's question
 alone guides the view its answer is read from when the conversation has one question, or with
 `card.question_guided_tiles` (each turn's latents); otherwise the full view is guided by the turns joined.
 
