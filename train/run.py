@@ -87,4 +87,4 @@ def _warmup_summary(path: Path) -> str:
     first, last = warmup["first_losses"], warmup["last_losses"]
     losses = ", ".join(f"{name} {first[name]:.2f} -> {last[name]:.2f}" for name in first)
     return (f"{warmup['steps']} steps on {warmup['examples']} images with scene graphs "
-            f"(train/vision_warmup.py; dense losses {losses})")
+            f"(train/vision_warmup.py; losses {losses})")
