@@ -454,9 +454,9 @@ class FusionModel(nn.Module):
                     f"batch.latent_positions has {batch.latent_positions.shape[1]} slots per block, "
                     f"latent_count is {batch.latent_count}"
                 )
-            block_images = self.block_images(batch)
-            if features.tile_map_per_block:  # row b of the map belongs to block b
-                block_images = torch.arange(len(block_images), device=block_images.device)
+            # a question-guided map has one row per block (its images were looked up when it was encoded)
+            block_images = (torch.arange(batch.latent_rows.shape[0], device=batch.latent_rows.device)
+                            if features.tile_map_per_block else self.block_images(batch))
             latents = initial_latents(features.tile_map, batch.latent_count)[block_images]
             latent_rows = batch.latent_rows[:, None].expand_as(batch.latent_positions)
             embeddings = embeddings.index_put((latent_rows, batch.latent_positions), latents.to(embeddings.dtype))

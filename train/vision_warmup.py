@@ -130,12 +130,11 @@ def _example(raw: dict, builder: SequenceBuilder, size: int, patch: int, counts:
         Image.open(io.BytesIO(image_bytes)).verify()  # a broken image is skipped here, not mid-training
         tokenized = builder.tokenize(record.conversations, has_image=True)
         vit_text_ids = builder.vit_text_ids(tokenized)
-        qa = record.metadata.get("qa") or []
-        turn_answers = [normalize_answer(entry.get("answer_text", "")) if entry.get("question_type") != "caption"
-                        else "" for entry in qa[: tokenized.num_turns]]
-        turn_answers += [""] * (tokenized.num_turns - len(turn_answers))
-        turn_types = [entry.get("question_type", "") for entry in qa[: tokenized.num_turns]]
-        turn_types += [""] * (tokenized.num_turns - len(turn_types))
+        qa = (record.metadata.get("qa") or [])[: tokenized.num_turns]
+        qa += [{}] * (tokenized.num_turns - len(qa))  # turns without a QA entry have no answer to learn
+        turn_types = [entry.get("question_type", "") for entry in qa]
+        turn_answers = [normalize_answer(entry.get("answer_text", "")) if kind != "caption" else ""
+                        for entry, kind in zip(qa, turn_types, strict=True)]
     except (KeyError, ValueError, TypeError, OSError) as error:
         counts["bad_sample"] += 1
         logger.warning("vision warm-up: sample %s skipped: %s", raw.get("__key__", "?"), error)
