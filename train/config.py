@@ -54,12 +54,16 @@ class SourceSpec(Strict):
     """One source of a mixture: shards from a dataset folder, a glob, or fsspec URLs."""
 
     name: str | None = None
-    path: str = Field(description="Dataset folder (with manifest.json), tar glob, or fsspec URL/glob")
+    path: str | None = Field(None, description="Dataset folder (with manifest.json), tar glob, or fsspec URL/glob "
+                             "(None: the dataset given by --data)")
     split: str | None = Field("train", description="Split to read from a dataset folder (None: every split)")
     categories: list[str] | None = Field(None, description="Categories of a dataset folder (None: all)")
     weight: float = Field(1.0, gt=0, description="Mixture weight (samples are drawn in proportion)")
     sampling: str = Field("all", description="all | first:N | end:N | random:N | N% (random) | first:N% ... (the paper's sampling_strategy)")
     text_only: bool = Field(False, description="Train on the conversations only, ignoring any image")
+    context: Literal["description", "caption"] | None = Field(
+        None, description="With text_only: the record's text field put before the first question, so the "
+        "answers are read off the text the QA was written from")
     min_scores: dict[str, float] = Field(default_factory=dict, description="score name -> minimum (load time)")
     max_scores: dict[str, float] = Field(default_factory=dict, description="score name -> maximum (load time)")
 
@@ -72,9 +76,15 @@ class SourceSpec(Strict):
             raise ValueError(f"sampling {value!r}: the percentage must be in (0, 100]")
         return value
 
+    @model_validator(mode="after")
+    def _context_is_text_only(self) -> SourceSpec:
+        if self.context is not None and not self.text_only:
+            raise ValueError(f"context: {self.context!r} needs text_only: true (the text stands in for the image)")
+        return self
+
     @property
     def label(self) -> str:
-        return self.name or self.path
+        return self.name or self.path or "--data"
 
 
 class DataSection(Strict):

@@ -56,7 +56,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the loader forks wor
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 BAD_REASONS = ("unreadable_shard", "corrupt_shard", "missing_json", "bad_json", "missing_image", "bad_conversation",
-               "no_supervised_tokens", "too_long", "bad_image")
+               "no_supervised_tokens", "too_long", "bad_image", "missing_context")
 FILTERED_REASONS = ("below_threshold",)
 WARN_FIRST = 20  # bad samples logged in full per worker before logging every 100th
 
@@ -273,6 +273,11 @@ class SampleProcessor:
             # a sample of an image shard that lost its image member (a truncated tar) is not a text-only sample
             return self._bad(counts, "missing_image", key, "the conversation has <image> but the sample no image")
         conversation = record.conversations if has_image else _without_image_token(record.conversations)
+        if source.spec.context is not None:
+            context = getattr(record, source.spec.context).strip()
+            if not context:
+                return self._bad(counts, "missing_context", key, f"the record has no {source.spec.context} to read")
+            conversation = with_context(conversation, context)
         try:
             tokenized = self.builder.tokenize(conversation, has_image=has_image)
         except ValueError as error:
@@ -322,6 +327,12 @@ def _asks_for_image(conversation: list[dict[str, str]]) -> bool:
 def _without_image_token(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{**turn, "value": turn["value"].replace(f"{IMAGE_PLACEHOLDER}\n", "").replace(IMAGE_PLACEHOLDER, "")}
             for turn in conversation]
+
+
+def with_context(conversation: list[dict[str, str]], context: str) -> list[dict[str, str]]:
+    """The text put before the first question: the passage a text-only sample's answers are read from."""
+    first, *rest = conversation
+    return [{**first, "value": f"{context}\n{first['value']}"}, *rest]
 
 
 def bad_count(counts: Counter | dict[str, int]) -> int:

@@ -66,7 +66,9 @@ def is_url(path: str) -> bool:
 
 def resolve_sources(specs: Iterable[SourceSpec], seed: int) -> list[Source]:
     sources = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
+        if spec.path is None:
+            raise DataSourceError(f"data.sources.{index} ({spec.label}) names no path: give --data or set its path")
         shards = select(list_shards(spec), spec.sampling, derive_seed(seed, "sampling", spec.label))
         source = Source(spec, tuple(shard for shard in shards if shard.selected > 0))
         if not source.shards:

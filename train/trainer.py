@@ -57,10 +57,16 @@ class TrainResult:
 
 
 def with_data(config: TrainConfig, data: str | None) -> TrainConfig:
-    """`--data GLOB` replaces the config's sources with one (a dataset folder's train split, or the tars)."""
+    """`--data GLOB` is the path of every source that names none (a mixture over the given dataset); a config
+    whose sources all name their own path, or that has none, gets one source instead: the given dataset."""
     if data is None:
         return config
-    return config.model_copy(update={"data": config.data.model_copy(update={"sources": [SourceSpec(path=data)]})})
+    sources = config.data.sources
+    if any(spec.path is None for spec in sources):
+        sources = [spec if spec.path else spec.model_copy(update={"path": data}) for spec in sources]
+    else:
+        sources = [SourceSpec(path=data)]
+    return config.model_copy(update={"data": config.data.model_copy(update={"sources": sources})})
 
 
 def train(config: TrainConfig, out: Path, *, data: str | None = None, resume: str | None = None,

@@ -104,7 +104,7 @@ def warmup_examples(model: FusionModel, sources: list[Source], max_images: int) 
     size, patch = model.config.image.image_size, model.vision.patch_size
     counts: Counter = Counter()
     examples: list[WarmupExample] = []
-    for source in sources:
+    for source in (s for s in sources if not s.spec.text_only):  # a text-only source's images are not trained on
         for shard in source.shards:
             keep = None if shard.keep is None else set(shard.keep)
             for position, raw in shard_samples(shard, counts):

@@ -32,3 +32,18 @@ def test_errors_name_the_file_and_the_field():
         load_train_config("nope")
     section = train_config_from_section({"base": "tiny", "max_steps": 7}, source="configs/demo.yaml")
     assert section.max_steps == 7 and section.name == "tiny"
+
+
+def test_data_fills_the_sources_that_name_no_path_and_replaces_sources_that_all_name_one():
+    from train.sources import DataSourceError, resolve_sources
+    from train.trainer import with_data
+
+    mixture = load_train_config("tiny", ["data.sources=[{name: scenes}, {name: text, text_only: true, "
+                                         "context: description, weight: 0.25}, {name: extra, path: /elsewhere}]"])
+    filled = with_data(mixture, "/data/demo").data.sources
+    assert [s.path for s in filled] == ["/data/demo", "/data/demo", "/elsewhere"]
+    assert [s.weight for s in filled] == [1.0, 0.25, 1.0] and filled[1].context == "description"
+    named = load_train_config("tiny", ["data.sources=[{path: /a}, {path: /b}]"])
+    assert [s.path for s in with_data(named, "/data/demo").data.sources] == ["/data/demo"]
+    with pytest.raises(DataSourceError, match=r"data.sources.0 \(scenes\) names no path: give --data"):
+        resolve_sources(mixture.data.sources, seed=0)

@@ -3,14 +3,17 @@ slot on uneven shards, tokenization before decoding, and exact continuation from
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections import Counter
 
 import pytest
 import torch
 
 from tests.train.conftest import image_samples, text_samples, write_sizes, write_tar
 from train.config import DataSection, SourceSpec
-from train.loader import LoaderPosition, ShardLoader, slot_shards
+from pipeline.record import SampleRecord
+from train.loader import LoaderPosition, SampleProcessor, ShardLoader, shard_samples, slot_shards
 from train.sources import Shard, resolve_sources, select
 
 
@@ -243,3 +246,38 @@ def test_length_groups_pad_less_keep_every_sample_and_resume_exactly(builder, tm
     assert [b.keys for b in resumed] == [b.keys for b in grouped[2:]]
     assert [b.batch.latent_count for b in resumed] == [b.batch.latent_count for b in grouped[2:]]
     assert resumed[-1].position == grouped[-1].position
+
+
+def test_a_text_only_source_can_read_its_answers_off_the_records_description(builder, small_dataset):
+    descriptions = set()
+    for path in sorted(small_dataset.glob("data/SynthMultiChoice/train-*.tar")):
+        for _, raw in shard_samples(Shard(str(path), 0), Counter()):
+            descriptions.add(SampleRecord.from_json_dict(json.loads(raw["json"])).description)
+    loader = make_loader(builder, small_dataset, micro_batch=4, batches=3, categories=["SynthMultiChoice"],
+                         text_only=True, context="description")
+    rows = 0
+    for batch in loader.epoch(0):
+        assert not batch.batch.has_image.any()
+        for row in batch.batch.input_ids:
+            text = builder.tokenizer.decode(row, skip_special_tokens=True)
+            passage = next(d for d in descriptions if d in text)  # the record's passage, then its questions
+            assert text.index(passage) < text.index("Answer with the option's letter")
+            rows += 1
+    assert rows == 12
+
+
+def test_a_record_without_the_context_field_is_counted_not_trained_on(builder, tmp_path):
+    tar = write_tar(tmp_path / "s" / "t-00000.tar", image_samples("x", 2))  # records with a caption, no description
+    write_sizes(tmp_path / "s", [tar], [2])
+    sources = resolve_sources([SourceSpec(path=str(tar), text_only=True, context="description")], seed=0)
+    processor = SampleProcessor(builder, sources, DataSection(), max_length=512)
+    counts = Counter()
+    assert all(processor(raw, counts) is None for _, raw in shard_samples(sources[0].shards[0], Counter()))
+    assert counts["missing_context"] == 2
+
+
+def test_context_needs_a_text_only_source():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="context: 'description' needs text_only"):
+        SourceSpec(path="x", context="description")
