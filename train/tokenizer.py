@@ -15,6 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from model.sequence import ROLES
 from train.loader import shard_samples
 from train.sources import Source
 
@@ -43,8 +44,12 @@ def conversation_texts(sources: list[Source], max_samples: int) -> Iterator[str]
                     record = json.loads(raw["json"])
                 except ValueError:
                     continue
+                if source.spec.context is not None:
+                    yield str(record.get(source.spec.context, ""))
                 for turn in record.get("conversations", []):
-                    yield str(turn.get("value", "")).replace("<image>", "")
+                    # the role as the chat template writes it, so "assistant" is one token, not seven
+                    role = ROLES.get(str(turn.get("from", "")), "")
+                    yield f"{role}\n" + str(turn.get("value", "")).replace("<image>", "")
                 seen += 1
                 if seen >= max_samples:
                     return

@@ -119,3 +119,15 @@ def test_chunked_cross_entropy_equals_the_full_one(tiny_model):
     assert int(full.num_supervised) == int(chunked.num_supervised) > 3  # really more than one chunk
     for name, grad in full_grads.items():
         assert torch.allclose(grad, tiny_model.get_parameter(name).grad, atol=1e-6), name
+
+
+def test_a_tokenizer_fitted_to_the_data_writes_each_chat_role_as_one_token(small_dataset, tmp_path):
+    from train.config import SourceSpec
+    from train.sources import resolve_sources
+    from train.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(resolve_sources([SourceSpec(path=str(small_dataset))], 0), tmp_path, 400, 100)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What colour is the star?"},
+                                          {"role": "assistant", "content": "red"}], tokenize=False)
+    pieces = [tokenizer.decode([i]) for i in tokenizer(text)["input_ids"]]
+    assert pieces.count("user") == 1 and pieces.count("assistant") == 1  # not spelled out letter by letter
