@@ -61,7 +61,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from train.config import preset_names
 
     parser.add_argument("--config", required=True, help=f"preset ({', '.join(preset_names())}) or a YAML path")
-    parser.add_argument("--data", default=None, help="dataset folder, tar glob or fsspec URL (replaces data.sources)")
+    parser.add_argument("--data", default=None, help="dataset folder, tar glob or fsspec URL: the path of the "
+                        "config's sources that name none, else the only source")
     parser.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, metrics, config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training config field, e.g. --set optim.lr=1e-4 (repeatable)")
