@@ -38,8 +38,9 @@ def test_data_fills_the_sources_that_name_no_path_and_replaces_sources_that_all_
     from train.sources import DataSourceError, resolve_sources
     from train.trainer import with_data
 
-    mixture = load_train_config("tiny", ["data.sources=[{name: scenes}, {name: text, text_only: true, "
-                                         "context: description, weight: 0.25}, {name: extra, path: /elsewhere}]"])
+    sources = ("[{name: scenes}, {name: text, text_only: true, context: description, weight: 0.25}, "
+               "{name: extra, path: /elsewhere}]")
+    mixture = load_train_config("tiny", [f"data.sources={sources}"])
     filled = with_data(mixture, "/data/demo").data.sources
     assert [s.path for s in filled] == ["/data/demo", "/data/demo", "/elsewhere"]
     assert [s.weight for s in filled] == [1.0, 0.25, 1.0] and filled[1].context == "description"

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 import torch
 
+from pipeline.record import SampleRecord
 from tests.train.conftest import image_samples, text_samples, write_sizes, write_tar
 from train.config import DataSection, SourceSpec
-from pipeline.record import SampleRecord
 from train.loader import LoaderPosition, SampleProcessor, ShardLoader, shard_samples, slot_shards
 from train.sources import Shard, resolve_sources, select
 
