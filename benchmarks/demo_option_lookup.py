@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.fusion import FusionModel
-from pipeline.record import IMAGE_TOKEN, SampleRecord
-from train.checkpoint import checkpoint_folder
-from train.config import EvalSection, SourceSpec
-from train.evaluate import EvalItem, add_baselines, generate_answers, held_out_items
-from train.loader import shard_samples, with_context
-from train.sources import list_shards
+from model.fusion import FusionModel  # noqa: E402
+from pipeline.record import IMAGE_TOKEN, SampleRecord  # noqa: E402
+from train.checkpoint import checkpoint_folder  # noqa: E402
+from train.config import EvalSection, SourceSpec  # noqa: E402
+from train.evaluate import EvalItem, add_baselines, generate_answers, held_out_items  # noqa: E402
+from train.loader import shard_samples, with_context  # noqa: E402
+from train.sources import list_shards  # noqa: E402
 
 CATEGORY = "SynthMultiChoice"
 
