@@ -84,5 +84,11 @@ def test_ddp_and_fsdp2_on_two_processes(mixed_shards, tmp_path):
     final = fsdp / "checkpoints" / f"step-{STEPS:08d}"
     fsdp_model = FusionModel.from_pretrained(final)  # the DCP safetensors load for inference
     ddp_model = FusionModel.from_pretrained(ddp / "checkpoints" / f"step-{STEPS:08d}")
-    for (name, a), (_, b) in zip(ddp_model.state_dict().items(), fsdp_model.state_dict().items()):
-        assert torch.allclose(a, b, atol=1e-5), name
+    # An attention key bias adds q.b to every logit of a query alike, so softmax cancels it and its exact gradient
+    # is zero: what it holds after Adam is rounding noise divided by (|noise| + eps), which differs between DDP's and
+    # FSDP's summation orders (seen: the ViT's k_proj.bias, values ~1e-6, apart by more than 1e-5).
+    compared = [(name, a, b) for (name, a), (_, b) in zip(ddp_model.state_dict().items(),
+                                                          fsdp_model.state_dict().items())
+                if not name.endswith("k_proj.bias")]
+    assert len(compared) > 100
+    assert [name for name, a, b in compared if not torch.allclose(a, b, atol=1e-5)] == []
