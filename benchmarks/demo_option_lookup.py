@@ -21,11 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.fusion import FusionModel  # noqa: E402
-from pipeline.record import IMAGE_TOKEN, SampleRecord  # noqa: E402
+from pipeline.record import SampleRecord  # noqa: E402
 from train.checkpoint import checkpoint_folder  # noqa: E402
 from train.config import EvalSection, SourceSpec  # noqa: E402
 from train.evaluate import EvalItem, add_baselines, generate_answers, held_out_items  # noqa: E402
-from train.loader import shard_samples, with_context  # noqa: E402
+from train.loader import shard_samples, with_context, without_image_token  # noqa: E402
 from train.sources import list_shards  # noqa: E402
 
 CATEGORY = "SynthMultiChoice"
@@ -41,8 +41,7 @@ def descriptions(dataset: str) -> dict[str, str]:
 
 
 def as_text(item: EvalItem, description: str) -> EvalItem:
-    prompt = [{**turn, "value": turn["value"].replace(f"{IMAGE_TOKEN}\n", "")} for turn in item.prompt]
-    return dataclasses.replace(item, prompt=with_context(prompt, description), image=None)
+    return dataclasses.replace(item, prompt=with_context(without_image_token(item.prompt), description), image=None)
 
 
 def accuracy(items: list[EvalItem]) -> tuple[float, dict[str, float]]:

@@ -272,7 +272,7 @@ class SampleProcessor:
         if not has_image and not source.spec.text_only and _asks_for_image(record.conversations):
             # a sample of an image shard that lost its image member (a truncated tar) is not a text-only sample
             return self._bad(counts, "missing_image", key, "the conversation has <image> but the sample no image")
-        conversation = record.conversations if has_image else _without_image_token(record.conversations)
+        conversation = record.conversations if has_image else without_image_token(record.conversations)
         if source.spec.context is not None:
             context = getattr(record, source.spec.context).strip()
             if not context:
@@ -324,13 +324,16 @@ def _asks_for_image(conversation: list[dict[str, str]]) -> bool:
     return any(IMAGE_PLACEHOLDER in str(turn.get("value", "")) for turn in conversation)
 
 
-def _without_image_token(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
+def without_image_token(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{**turn, "value": turn["value"].replace(f"{IMAGE_PLACEHOLDER}\n", "").replace(IMAGE_PLACEHOLDER, "")}
             for turn in conversation]
 
 
 def with_context(conversation: list[dict[str, str]], context: str) -> list[dict[str, str]]:
-    """The text put before the first question: the passage a text-only sample's answers are read from."""
+    """The text put before the first question: the passage a text-only sample's answers are read from (an empty
+    conversation stays empty, for tokenize to reject)."""
+    if not conversation:
+        return conversation
     first, *rest = conversation
     return [{**first, "value": f"{context}\n{first['value']}"}, *rest]
 

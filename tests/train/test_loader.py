@@ -281,3 +281,16 @@ def test_context_needs_a_text_only_source():
 
     with pytest.raises(ValidationError, match="context: 'description' needs text_only"):
         SourceSpec(path="x", context="description")
+
+
+def test_an_empty_conversation_in_a_context_source_is_counted_not_a_crash(builder, tmp_path):
+    record = SampleRecord(key="empty", category="c", split="train", seed=0, description="A red star.",
+                          conversations=[])
+    sample = {"__key__": "empty", "json": json.dumps(record.to_json_dict()).encode()}
+    tar = write_tar(tmp_path / "s" / "e-00000.tar", [sample])
+    write_sizes(tmp_path / "s", [tar], [1])
+    sources = resolve_sources([SourceSpec(path=str(tar), text_only=True, context="description")], seed=0)
+    counts = Counter()
+    assert all(SampleProcessor(builder, sources, DataSection(), max_length=512)(raw, counts) is None
+               for _, raw in shard_samples(sources[0].shards[0], Counter()))
+    assert sum(counts.values()) == 1 and "missing_context" not in counts
