@@ -64,6 +64,10 @@ class SourceSpec(Strict):
     context: Literal["description", "caption"] | None = Field(
         None, description="With text_only: the record's text field put before the first question, so the "
         "answers are read off the text the QA was written from")
+    describe: Literal["description", "caption"] | None = Field(
+        None, description="Train on the record's text field as the answer to a request to describe the image "
+        "(in detail for the description) instead of on its conversations: image-text alignment data like the "
+        "paper's stage 1, every word of it supervised")
     min_scores: dict[str, float] = Field(default_factory=dict, description="score name -> minimum (load time)")
     max_scores: dict[str, float] = Field(default_factory=dict, description="score name -> maximum (load time)")
 
@@ -77,9 +81,11 @@ class SourceSpec(Strict):
         return value
 
     @model_validator(mode="after")
-    def _context_is_text_only(self) -> SourceSpec:
+    def _text_fields_fit_the_image_use(self) -> SourceSpec:
         if self.context is not None and not self.text_only:
             raise ValueError(f"context: {self.context!r} needs text_only: true (the text stands in for the image)")
+        if self.describe is not None and self.text_only:
+            raise ValueError(f"describe: {self.describe!r} needs the image (text_only: false)")
         return self
 
     @property

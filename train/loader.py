@@ -32,7 +32,7 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from generators.prompts.library import load_list
 from model.batch import FusionBatch
 from model.sequence import IMAGE_PLACEHOLDER, SequenceBuilder, SequenceTooLongError, TokenizedConversation
 from pipeline.planning import derive_seed
@@ -254,6 +255,9 @@ class SampleProcessor:
         self.max_length = max_length
         self.longest_latent_count = max(builder.config.card.latent_counts) if builder.config.use_card else 0
         self._warned = 0
+        # detailed requests for the description (LLaVA detail_23k style), brief ones for the caption
+        self.describe_prompts = {"description": load_list("conversation", "detail_prompts", "prompts")[0],
+                                 "caption": load_list("conversation", "caption_prompts", "prompts")[0]}
 
     def __call__(self, raw: dict[str, Any], counts: Counter) -> PreparedSample | None:
         key = str(raw.get("__key__", "?"))
@@ -273,6 +277,13 @@ class SampleProcessor:
             # a sample of an image shard that lost its image member (a truncated tar) is not a text-only sample
             return self._bad(counts, "missing_image", key, "the conversation has <image> but the sample no image")
         conversation = record.conversations if has_image else without_image_token(record.conversations)
+        if source.spec.describe is not None:
+            if not has_image:
+                return self._bad(counts, "missing_image", key, "a describe source needs the sample's image")
+            text = getattr(record, source.spec.describe).strip()
+            if not text:
+                return self._bad(counts, "missing_context", key, f"the record has no {source.spec.describe} to describe")
+            conversation = describe_turns(text, self.describe_prompts[source.spec.describe], key)
         if source.spec.context is not None:
             context = getattr(record, source.spec.context).strip()
             if not context:
@@ -327,6 +338,13 @@ def _asks_for_image(conversation: list[dict[str, str]]) -> bool:
 def without_image_token(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{**turn, "value": turn["value"].replace(f"{IMAGE_PLACEHOLDER}\n", "").replace(IMAGE_PLACEHOLDER, "")}
             for turn in conversation]
+
+
+def describe_turns(text: str, prompts: Sequence[str], key: str) -> list[dict[str, str]]:
+    """One turn asking to describe the image and answering with ``text``; the request is picked by the key, so a
+    sample reads the same in every epoch and on every rank."""
+    prompt = prompts[derive_seed("describe", key) % len(prompts)]
+    return [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{prompt}"}, {"from": "gpt", "value": text}]
 
 
 def with_context(conversation: list[dict[str, str]], context: str) -> list[dict[str, str]]:

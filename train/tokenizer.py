@@ -31,7 +31,8 @@ SPECIAL_TOKENS = ["<pad>", "<|im_start|>", "<|im_end|>"]
 
 
 def conversation_texts(sources: list[Source], max_samples: int) -> Iterator[str]:
-    """Every turn of the first `max_samples` samples, in shard order (deterministic)."""
+    """Every turn of the first `max_samples` samples, in shard order (deterministic); for a source with `context`
+    its passage too, for a `describe` source the described text in place of the turns."""
     from collections import Counter
 
     seen = 0
@@ -44,9 +45,10 @@ def conversation_texts(sources: list[Source], max_samples: int) -> Iterator[str]
                     record = json.loads(raw["json"])
                 except ValueError:
                     continue
-                if source.spec.context is not None:
-                    yield str(record.get(source.spec.context, ""))
-                for turn in record.get("conversations", []):
+                text_field = source.spec.context or source.spec.describe  # what the source trains on beside turns
+                if text_field is not None:
+                    yield str(record.get(text_field, ""))
+                for turn in [] if source.spec.describe else record.get("conversations", []):
                     # the role as the chat template writes it, so "assistant" is one token, not seven
                     role = ROLES.get(str(turn.get("from", "")), "")
                     yield f"{role}\n" + str(turn.get("value", "")).replace("<image>", "")

@@ -104,14 +104,16 @@ def warmup_examples(model: FusionModel, sources: list[Source], max_images: int) 
     size, patch = model.config.image.image_size, model.vision.patch_size
     counts: Counter = Counter()
     examples: list[WarmupExample] = []
+    seen: set[tuple[str, int]] = set()  # two sources may read the same shards (conversations and descriptions)
     for source in (s for s in sources if not s.spec.text_only):  # a text-only source's images are not trained on
         for shard in source.shards:
             keep = None if shard.keep is None else set(shard.keep)
             for position, raw in shard_samples(shard, counts):
                 if len(examples) >= max_images:
                     return examples, counts
-                if keep is not None and position not in keep:
+                if (keep is not None and position not in keep) or (shard.url, position) in seen:
                     continue
+                seen.add((shard.url, position))
                 example = _example(raw, model.sequence_builder, size, patch, counts)
                 if example is not None:
                     examples.append(example)

@@ -131,3 +131,18 @@ def test_a_tokenizer_fitted_to_the_data_writes_each_chat_role_as_one_token(small
                                           {"role": "assistant", "content": "red"}], tokenize=False)
     pieces = [tokenizer.decode([i]) for i in tokenizer(text)["input_ids"]]
     assert pieces.count("user") == 1 and pieces.count("assistant") == 1  # not spelled out letter by letter
+
+
+def test_the_tokenizer_is_fitted_to_the_text_each_source_trains_on(small_dataset):
+    from train.config import SourceSpec
+    from train.sources import resolve_sources
+    from train.tokenizer import conversation_texts
+
+    def texts(**spec):
+        return list(conversation_texts(resolve_sources([SourceSpec(path=str(small_dataset), **spec)], 0), 20))
+
+    turns = texts()
+    passages = texts(text_only=True, context="description")
+    described = texts(describe="description")
+    assert len(described) == 20 and not set(described) & set(turns)  # the descriptions, not the turns
+    assert set(described) <= set(passages) and set(turns) <= set(passages)  # a context source reads both

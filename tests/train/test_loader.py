@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
+from model.sequence import IGNORE_INDEX
 from pipeline.record import SampleRecord
 from tests.train.conftest import image_samples, text_samples, write_sizes, write_tar
 from train.config import DataSection, SourceSpec
@@ -274,6 +275,40 @@ def test_a_record_without_the_context_field_is_counted_not_trained_on(builder, t
     counts = Counter()
     assert all(processor(raw, counts) is None for _, raw in shard_samples(sources[0].shards[0], Counter()))
     assert counts["missing_context"] == 2
+
+
+def test_a_describe_source_trains_on_the_records_description_as_the_answer_about_its_image(builder, small_dataset):
+    descriptions = set()
+    for path in sorted(small_dataset.glob("data/SynthColor/train-*.tar")):
+        for _, raw in shard_samples(Shard(str(path), 0), Counter()):
+            descriptions.add(SampleRecord.from_json_dict(json.loads(raw["json"])).description)
+    loader = make_loader(builder, small_dataset, micro_batch=4, batches=2, categories=["SynthColor"],
+                         describe="description")
+    prompts = set(loader.processor.describe_prompts["description"])
+    rows = 0
+    for batch in loader.epoch(0):
+        assert batch.batch.has_image.all()
+        for row, labels in zip(batch.batch.input_ids, batch.batch.labels):
+            answer = builder.tokenizer.decode(labels[labels != IGNORE_INDEX], skip_special_tokens=True).strip()
+            assert answer in descriptions  # every word of the description is supervised, nothing else is
+            text = builder.tokenizer.decode(row, skip_special_tokens=True)
+            assert any(prompt in text for prompt in prompts) and "caption" not in text.lower()
+            rows += 1
+    assert rows == 8
+
+
+def test_a_record_without_the_described_field_is_counted_and_describe_needs_the_image(builder, tmp_path):
+    from pydantic import ValidationError
+
+    tar = write_tar(tmp_path / "s" / "t-00000.tar", image_samples("x", 2))  # records with a caption, no description
+    write_sizes(tmp_path / "s", [tar], [2])
+    sources = resolve_sources([SourceSpec(path=str(tar), describe="description")], seed=0)
+    processor = SampleProcessor(builder, sources, DataSection(), max_length=512)
+    counts = Counter()
+    assert all(processor(raw, counts) is None for _, raw in shard_samples(sources[0].shards[0], Counter()))
+    assert counts["missing_context"] == 2
+    with pytest.raises(ValidationError, match="describe: 'caption' needs the image"):
+        SourceSpec(path="x", describe="caption", text_only=True)
 
 
 def test_context_needs_a_text_only_source():
