@@ -66,6 +66,15 @@ def test_the_warm_up_lowers_its_losses_and_changes_only_the_tower_and_the_questi
     assert changed == {"vision", "aux_projector", "language_model.model.embed_tokens.weight"}
 
 
+def test_two_sources_reading_the_same_shards_give_each_image_once(small_dataset, tmp_path):
+    model, sources = tiny_model_and_sources(small_dataset, tmp_path)
+    once, _ = warmup_examples(model, sources, max_images=10_000)
+    both = resolve_sources([SourceSpec(path=str(small_dataset)),
+                            SourceSpec(path=str(small_dataset), describe="description")], seed=0)
+    twice, _ = warmup_examples(model, both, max_images=10_000)
+    assert len(twice) == len(once) > 0
+
+
 def test_each_warm_up_image_carries_its_turns_questions_and_answers(small_dataset, tmp_path):
     model, sources = tiny_model_and_sources(small_dataset, tmp_path)
     examples, _ = warmup_examples(model, sources, max_images=40)
