@@ -249,11 +249,14 @@ def test_length_groups_pad_less_keep_every_sample_and_resume_exactly(builder, tm
     assert resumed[-1].position == grouped[-1].position
 
 
+def descriptions_of(dataset, category):
+    return {SampleRecord.from_json_dict(json.loads(raw["json"])).description
+            for path in sorted(dataset.glob(f"data/{category}/train-*.tar"))
+            for _, raw in shard_samples(Shard(str(path), 0), Counter())}
+
+
 def test_a_text_only_source_can_read_its_answers_off_the_records_description(builder, small_dataset):
-    descriptions = set()
-    for path in sorted(small_dataset.glob("data/SynthMultiChoice/train-*.tar")):
-        for _, raw in shard_samples(Shard(str(path), 0), Counter()):
-            descriptions.add(SampleRecord.from_json_dict(json.loads(raw["json"])).description)
+    descriptions = descriptions_of(small_dataset, "SynthMultiChoice")
     loader = make_loader(builder, small_dataset, micro_batch=4, batches=3, categories=["SynthMultiChoice"],
                          text_only=True, context="description")
     rows = 0
@@ -278,10 +281,7 @@ def test_a_record_without_the_context_field_is_counted_not_trained_on(builder, t
 
 
 def test_a_describe_source_trains_on_the_records_description_as_the_answer_about_its_image(builder, small_dataset):
-    descriptions = set()
-    for path in sorted(small_dataset.glob("data/SynthColor/train-*.tar")):
-        for _, raw in shard_samples(Shard(str(path), 0), Counter()):
-            descriptions.add(SampleRecord.from_json_dict(json.loads(raw["json"])).description)
+    descriptions = descriptions_of(small_dataset, "SynthColor")
     loader = make_loader(builder, small_dataset, micro_batch=4, batches=2, categories=["SynthColor"],
                          describe="description")
     prompts = set(loader.processor.describe_prompts["description"])
