@@ -162,6 +162,10 @@ class VisionWarmupConfig(Strict):
     warmup_ratio: float = Field(0.02, ge=0, lt=1)
     batch_size: int = Field(32, ge=1)
     max_images: int = Field(6000, ge=1, description="Images read from the training sources, in shard order")
+    answer_through_llm: bool = Field(
+        False, description="With TUNE: the answer is also read from the mean image token through the projector and "
+        "the LLM's final norm and output embeddings (the answer's first token), so the tower's answer lands where "
+        "the decoder writes its own; trains the projector, the final norm and the output embeddings too")
 
 
 class TrainConfig(Strict):

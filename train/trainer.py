@@ -96,10 +96,11 @@ def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | No
     model = build_model(config.model, seed=config.seed, sources=sources, out=out, info=info)
     checkpoint = resolve_checkpoint(out, resume) if resume else None
     if checkpoint is None and config.vision_warmup.steps:
-        # Every rank warms the same way from the same seed; rank 0's tower is then the one all ranks keep.
+        # Every rank warms the same way from the same seed; rank 0's warmed modules (the tower and, with TUNE, the
+        # text's way in and out) are then the ones all ranks keep.
         warm_up_vision(model, sources, config.vision_warmup, config.seed, out if info.is_main else None,
                        progress=config.log.progress and info.is_main)
-        broadcast_parameters(model.vision)
+        broadcast_parameters(model)
     model.uniform_execution = True  # same modules on every rank each step (text-only batches included)
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()

@@ -66,6 +66,21 @@ def test_the_warm_up_lowers_its_losses_and_changes_only_the_tower_and_the_questi
     assert changed == {"vision", "aux_projector", "language_model.model.embed_tokens.weight"}
 
 
+def test_the_answer_through_the_llm_is_learned_by_the_projector_and_the_llms_output_path(small_dataset, tmp_path):
+    model, sources = tiny_model_and_sources(small_dataset, tmp_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = VisionWarmupConfig(steps=100, batch_size=16, max_images=40, answer_through_llm=True)
+
+    result = warm_up_vision(model, sources, config, seed=0, out=tmp_path, progress=False)
+
+    assert result["last_losses"]["answer_llm"] < 0.7 * result["first_losses"]["answer_llm"]
+    after = model.state_dict()
+    changed = {k.split(".")[0] if not k.startswith("language_model.") else k for k, v in before.items()
+               if not torch.equal(v, after[k])}
+    assert changed == {"vision", "aux_projector", "language_model.model.embed_tokens.weight", "mm_projector",
+                       "language_model.model.norm.weight", "language_model.lm_head.weight"}
+
+
 def test_two_sources_reading_the_same_shards_give_each_image_once(small_dataset, tmp_path):
     model, sources = tiny_model_and_sources(small_dataset, tmp_path)
     once, _ = warmup_examples(model, sources, max_images=10_000)
