@@ -35,8 +35,8 @@ token. The decoder then has the answer in its own output space at every image to
 the answer's position, an image-wide readout like the shape count, instead of learning to bind a named shape to its
 colour, a lookup the from-scratch 4-layer decoder does not learn in the budget (benchmarks/demo_learnability.py).
 Measured in an 800-step demo run: short "What colour is the X?" 40.9% vs 10.6-16.7% in two runs without it (15.2%
-majority), and
-the colour / count / spatial captions 44.7 / 37.8 / 50.1% ROUGE-L vs 23.2 / 20.3 / 39.8%.
+majority), and the colour / count / spatial captions 44.7 / 37.8 / 50.1% ROUGE-L vs 23.2 / 20.3 / 39.8% (the first
+of those runs).
 
 It runs once, before step 0 (a resumed run has the warmed tower in its checkpoint), on samples of the training
 sources that have scene graphs; a record without one is counted and skipped.
