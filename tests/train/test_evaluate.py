@@ -55,6 +55,19 @@ def test_baselines_are_chance_and_the_majority_answer_of_the_same_split():
     assert checks["colour questions (color_of_shape)"]["passed"] and not checks["multiple choice"]["passed"]
 
 
+@pytest.mark.parametrize("right, passed", [(47, True), (46, False)])
+def test_a_margin_of_exactly_ten_points_passes_the_check(right, passed):
+    # 33 of 140 references are the majority answer: 47 right answers beat it by exactly 10 points, which floats
+    # put at 0.09999999999999998
+    references = ["red"] * 33 + [colour for colour in ("blue", "green", "pink", "grey", "brown") for _ in range(22)][:107]
+    items = [item("Short", "color_of_shape", SHORT, reference, prediction=reference if i < right else "none")
+             for i, reference in enumerate(references)]
+    add_baselines(items)
+    check = {c["check"]: c for c in summarise(items)["checks"]}["colour questions (color_of_shape)"]
+    assert check["majority"] == pytest.approx(33 / 140) and check["model"] == pytest.approx(right / 140)
+    assert check["passed"] is passed
+
+
 def test_held_out_items_cover_every_family_and_question_type(small_dataset):
     items = held_out_items(str(small_dataset), "test", None)
     assert {i.category for i in items} == {"SynthColor", "SynthMultiChoice", "SynthConvShort"}
