@@ -255,9 +255,11 @@ class SampleProcessor:
         self.max_length = max_length
         self.longest_latent_count = max(builder.config.card.latent_counts) if builder.config.use_card else 0
         self._warned = 0
-        # detailed requests for the description (LLaVA detail_23k style), brief ones for the caption
-        self.describe_prompts = {"description": load_list("conversation", "detail_prompts", "prompts")[0],
-                                 "caption": load_list("conversation", "caption_prompts", "prompts")[0]}
+        # the requests of the describe sources: detailed ones for the description (LLaVA detail_23k style), brief
+        # ones for the caption
+        prompt_lists = {"description": "detail_prompts", "caption": "caption_prompts"}
+        self.describe_prompts = {field: load_list("conversation", prompt_lists[field], "prompts")[0]
+                                 for field in {source.spec.describe for source in sources} - {None}}
 
     def __call__(self, raw: dict[str, Any], counts: Counter) -> PreparedSample | None:
         key = str(raw.get("__key__", "?"))
@@ -276,7 +278,6 @@ class SampleProcessor:
         if not has_image and not source.spec.text_only and _asks_for_image(record.conversations):
             # a sample of an image shard that lost its image member (a truncated tar) is not a text-only sample
             return self._bad(counts, "missing_image", key, "the conversation has <image> but the sample no image")
-        conversation = record.conversations if has_image else without_image_token(record.conversations)
         if source.spec.describe is not None:
             if not has_image:
                 return self._bad(counts, "missing_image", key, "a describe source needs the sample's image")
@@ -284,6 +285,8 @@ class SampleProcessor:
             if not text:
                 return self._bad(counts, "missing_context", key, f"the record has no {source.spec.describe} to describe")
             conversation = describe_turns(text, self.describe_prompts[source.spec.describe], key)
+        else:
+            conversation = record.conversations if has_image else without_image_token(record.conversations)
         if source.spec.context is not None:
             context = getattr(record, source.spec.context).strip()
             if not context:

@@ -192,11 +192,13 @@ def answer_turns(rng: random.Random, examples: Sequence[WarmupExample]) -> list[
 
 
 def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupExample],
-                  turns: Sequence[int] | None = None, through_llm: bool = False) -> dict[str, torch.Tensor]:
+                  turns: Sequence[int] | None = None, answer_tokens: torch.Tensor | None = None
+                  ) -> dict[str, torch.Tensor]:
     """Soft cross-entropy on the patch shares, cross-entropy on centred shapes, the style and the count, binary
     cross-entropy on the pairs present; with an answer head and `turns`, each image is encoded beside that turn's
-    question alone and the answer head's cross-entropy on its mean patch is added (`through_llm`: and the
-    cross-entropy of the answer's first token read from the mean image token through the LLM's output path)."""
+    question alone and the answer head's cross-entropy on its mean patch is added (with `answer_tokens`, the first
+    token of each of the head's answers: and the cross-entropy of that token read from the mean image token
+    through the LLM's output path)."""
     if heads.answer is None or turns is None:  # the full view beside the ViT text training gives it
         features = tower_features(model, examples)
         return dense_losses(heads, features, examples)
@@ -207,15 +209,18 @@ def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupE
                             for e, t in zip(examples, turns, strict=True)], device=features.device)
     logits = heads.answer(features.mean(dim=1))
     losses["answer"] = _cross_entropy(logits, targets)
-    if through_llm:
-        tokenizer = model.sequence_builder.tokenizer
-        first_tokens = torch.tensor(
-            [tokenizer.encode(e.turn_answers[t], add_special_tokens=False)[0] if e.turn_answers[t] else -100
-             for e, t in zip(examples, turns, strict=True)], device=features.device)
+    if answer_tokens is not None:
+        first_tokens = torch.where(targets >= 0, answer_tokens.to(targets.device)[targets.clamp(min=0)], -100)
         mean_token = model.mm_projector(features.to(model.mm_projector[0].weight.dtype)).mean(dim=1)
         llm_logits = model.language_model.get_output_embeddings()(final_norm(model)(mean_token))
         losses["answer_llm"] = _cross_entropy(llm_logits, first_tokens)
     return losses
+
+
+def answer_first_tokens(model: FusionModel, answers: Sequence[str]) -> torch.Tensor:
+    """The first token of each answer, as the decoder writes it at the start of its turn."""
+    tokenizer = model.sequence_builder.tokenizer
+    return torch.tensor([tokenizer.encode(answer, add_special_tokens=False)[0] for answer in answers])
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -323,11 +328,13 @@ def _fit(model: FusionModel, heads: WarmupHeads, examples: list[WarmupExample], 
         optimizer, lambda step: lr_factor(step, config.steps, ramp, "cosine", 0.0))  # the main training's shape
     order = random.Random(seed)
     answers = heads.answer is not None
+    # tokenized once here, not per step
+    answer_tokens = answer_first_tokens(model, heads.answers) if answers and config.answer_through_llm else None
     with tqdm(total=config.steps, desc="vision warm-up", unit="step", disable=not progress) as bar:
         for _ in range(config.steps):
             batch = [examples[order.randrange(len(examples))] for _ in range(config.batch_size)]
             losses = warmup_losses(model, heads, batch, answer_turns(order, batch) if answers else None,
-                                   through_llm=config.answer_through_llm)
+                                   answer_tokens)
             total = sum(losses.values())
             total.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)

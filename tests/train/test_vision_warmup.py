@@ -44,6 +44,13 @@ def tiny_model_and_sources(data, out, overrides=()):
     return build_model(config.model, seed=0, sources=sources, out=out, info=info), sources
 
 
+def changed_parts(before, model):
+    """The top-level modules whose weights differ from `before` (the LLM's by parameter name)."""
+    after = model.state_dict()
+    return {k.split(".")[0] if not k.startswith("language_model.") else k for k, v in before.items()
+            if not torch.equal(v, after[k])}
+
+
 def test_the_warm_up_lowers_its_losses_and_changes_only_the_tower_and_the_questions_way_into_it(small_dataset,
                                                                                                  tmp_path):
     model, sources = tiny_model_and_sources(small_dataset, tmp_path)
@@ -59,9 +66,7 @@ def test_the_warm_up_lowers_its_losses_and_changes_only_the_tower_and_the_questi
     assert all(last[name] < 0.7 * first[name] for name in heads)  # ~0.5x measured
     assert last["answer"] < 0.85 * first["answer"]  # 0.8x measured (40 images, 100 steps)
     assert json.loads((tmp_path / RESULT_FILE).read_text())["steps"] == 100
-    after = model.state_dict()
-    changed = {k.split(".")[0] if not k.startswith("language_model.") else k for k, v in before.items()
-               if not torch.equal(v, after[k])}
+    changed = changed_parts(before, model)
     # the tower, and the question's way into it: the LLM's input embeddings and the aux projector (TUNE)
     assert changed == {"vision", "aux_projector", "language_model.model.embed_tokens.weight"}
 
@@ -74,9 +79,7 @@ def test_the_answer_through_the_llm_is_learned_by_the_projector_and_the_llms_out
     result = warm_up_vision(model, sources, config, seed=0, out=tmp_path, progress=False)
 
     assert result["last_losses"]["answer_llm"] < 0.7 * result["first_losses"]["answer_llm"]
-    after = model.state_dict()
-    changed = {k.split(".")[0] if not k.startswith("language_model.") else k for k, v in before.items()
-               if not torch.equal(v, after[k])}
+    changed = changed_parts(before, model)
     assert changed == {"vision", "aux_projector", "language_model.model.embed_tokens.weight", "mm_projector",
                        "language_model.model.norm.weight", "language_model.lm_head.weight"}
 
