@@ -44,7 +44,7 @@ from model.card import CardContext, CardInteraction, initial_latents, latent_win
 from model.config import ConfigError, FusionConfig
 from model.connector import MlpProjector
 from model.dsm import DsmTerms, Reconstruction, dual_semantic_mapping_loss
-from model.loss import chunked_cross_entropy_sum, cross_entropy_sum
+from model.loss import IGNORE_INDEX, chunked_cross_entropy_sum, cross_entropy_sum
 from model.sequence import Conversation, SequenceBuilder, add_vision_tokens
 from model.vision import TextGuidedVisionEncoder
 
@@ -687,6 +687,51 @@ class FusionModel(nn.Module):
             cut = next((index for index, token in enumerate(row) if token in stop_ids), len(row))
             answers.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return answers
+
+    @torch.no_grad()
+    def answer_log_likelihoods(
+        self, images: Sequence[Image.Image | None], conversations: Sequence[Conversation], *, batch_size: int = 16
+    ) -> list[AnswerLikelihood]:
+        """How likely the model finds the last gpt turn of each conversation, given everything before it: the sum
+        of its tokens' log-probabilities (the template's end-of-turn token not counted), its token count, and
+        whether greedy decoding would write it. Q fixed to card.eval_latent_count, as in `generate`."""
+        if len(images) != len(conversations):
+            raise ValueError(f"{len(images)} images for {len(conversations)} conversations")
+        builder = self.sequence_builder
+        device = self.mm_projector[0].weight.device
+        results = []
+        for start in range(0, len(conversations), batch_size):
+            samples = list(zip(images[start:start + batch_size], conversations[start:start + batch_size]))
+            batch = builder.collate(samples, latent_count=builder.latent_count(for_generation=True)).to(device)
+            logits = self(dataclasses.replace(batch, labels=None)).logits[:, :-1].float()
+            targets = batch.labels[:, 1:]
+            if builder.end_of_turn_id is not None:
+                targets = targets.masked_fill(targets == builder.end_of_turn_id, IGNORE_INDEX)
+            for row in range(len(samples)):
+                where = last_answer_positions(targets[row])
+                if where.numel() == 0:
+                    raise ValueError(f"conversation {start + row} has no answer token to score (empty last gpt turn?)")
+                chosen = logits[row, where].log_softmax(-1).gather(1, targets[row, where][:, None]).sum()
+                greedy = bool((logits[row, where].argmax(-1) == targets[row, where]).all())
+                results.append(AnswerLikelihood(float(chosen), int(where.numel()), greedy))
+        return results
+
+
+@dataclass(frozen=True)
+class AnswerLikelihood:
+    log_probability: float  # summed over the answer's tokens
+    tokens: int
+    greedy: bool  # greedy decoding writes exactly these tokens
+
+
+def last_answer_positions(targets: torch.Tensor) -> torch.Tensor:
+    """Positions of the last run of supervised targets in a (L,) row: the last answer, when the template's
+    end-of-turn tokens are masked (earlier answers are separated from it by their unsupervised questions)."""
+    supervised = torch.nonzero(targets != IGNORE_INDEX).flatten()
+    if supervised.numel() == 0:
+        return supervised
+    gaps = torch.nonzero(supervised.diff() > 1).flatten()
+    return supervised[int(gaps[-1]) + 1:] if gaps.numel() else supervised
 
 
 def weight_files(directory: Path) -> list[Path]:

@@ -418,3 +418,43 @@ def test_question_guided_tiles_give_each_turn_a_read_of_its_own_question(tiny_ch
     assert loaded.config.card.question_guided_tiles
     with torch.no_grad():
         assert torch.equal(guided(mixed).logits, loaded(mixed).logits)
+
+
+def test_last_answer_positions_pick_the_last_run_of_supervised_targets():
+    from model.fusion import last_answer_positions
+
+    row = torch.tensor([-100, 5, 6, -100, -100, 7, 8, 9, -100])
+    assert last_answer_positions(row).tolist() == [5, 6, 7]
+    assert last_answer_positions(torch.tensor([4, 4])).tolist() == [0, 1]
+    assert last_answer_positions(torch.full((3,), -100)).numel() == 0
+
+
+def test_answer_log_likelihood_scores_the_last_answer_alone_whatever_the_batch(tiny_model):
+    tiny_model.eval()
+    builder = tiny_model.sequence_builder
+    last_answer = IMAGE_CONVERSATION[-1]
+    single_turn = [{"from": "human", "value": "<image>\n" + IMAGE_CONVERSATION[2]["value"]}, last_answer]
+    alone, = tiny_model.answer_log_likelihoods([make_image(0)], [IMAGE_CONVERSATION])
+    batched = tiny_model.answer_log_likelihoods(
+        [None, make_image(0), make_image(1)], [TEXT_CONVERSATION, IMAGE_CONVERSATION, single_turn], batch_size=3)
+    assert batched[1].log_probability == pytest.approx(alone.log_probability, abs=1e-4)  # padding changes nothing
+    # only the last answer is counted: as many tokens as the same answer alone in a one-turn conversation
+    assert alone.tokens == batched[2].tokens
+    batch = builder.collate([(make_image(0), IMAGE_CONVERSATION)], latent_count=builder.latent_count(True))
+    supervised = batch.labels[0, 1:] != -100
+    if builder.end_of_turn_id is not None:
+        supervised &= batch.labels[0, 1:] != builder.end_of_turn_id
+    assert 0 < alone.tokens < int(supervised.sum())
+
+    # the same sum as the cross-entropy of the model's forward with labels on that answer only
+    with torch.no_grad():
+        logits = tiny_model(dataclasses.replace(batch, labels=None)).logits[0, :-1]
+    targets = batch.labels[0, 1:].clone()
+    kept = torch.nonzero(supervised).flatten()[-alone.tokens:]
+    masked = torch.full_like(targets, -100)
+    masked[kept] = targets[kept]
+    reference = -torch.nn.functional.cross_entropy(logits, masked, ignore_index=-100, reduction="sum")
+    assert alone.log_probability == pytest.approx(float(reference), abs=1e-4)
+    assert alone.greedy == bool((logits[kept].argmax(-1) == targets[kept]).all())
+    with pytest.raises(ValueError, match="2 images for 1 conversations"):
+        tiny_model.answer_log_likelihoods([None, None], [TEXT_CONVERSATION])

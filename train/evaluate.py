@@ -9,6 +9,14 @@ format the question asks for. Baselines, per (category, question type) group of 
     for captions the ROUGE-L of a random other reference of the group;
   * majority: always the group's most frequent answer (for captions, the constant caption that scores best
     against the group).
+
+Multiple choice is also scored in the cloze formulation (OLMES, Gu et al. 2024; Robinson & Wingate 2022): the
+question on its own (its image, no earlier turns) without its options, each option's text scored as the answer by its log-likelihood per character, the
+most likely one chosen. Small models often know the answer long before they can bind it to its option letter
+(multiple-choice symbol binding comes with scale: SmolLM2-135M-Instruct, told "The triangle is red." in the prompt,
+picks the letter of "red" 26% of the time among four), so the letter score alone cannot tell "does not know" from
+"cannot point at it". Its baselines: chance 1 / options; majority always the option text most often right in the
+group. The learning check scores the letter, as the question asks.
 """
 
 from __future__ import annotations
@@ -74,6 +82,9 @@ class EvalItem:
     score: float = 0.0
     chance: float = 0.0
     majority: float = 0.0
+    cloze_choice: str | None = None  # multiple choice: the option the cloze formulation picks
+    cloze_score: float | None = None
+    cloze_majority: float | None = None
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)
@@ -151,6 +162,51 @@ def add_baselines(items: list[EvalItem], seed: int = 0) -> None:
             else:
                 item.chance = 1 / distinct
             item.majority = float(answer == most_common)
+        if group[0].kind == MULTIPLE_CHOICE:
+            contents = [normalize_answer(correct_option(item)) for item in group]
+            most_common = Counter(contents).most_common(1)[0][0]
+            for item, content in zip(group, contents, strict=True):
+                item.cloze_majority = float(content == most_common)
+
+
+def correct_option(item: EvalItem) -> str:
+    """The text of a multiple-choice item's right option ("" when its letter names no option)."""
+    index = ord(item.reference.strip()[:1] or "?") - ord("A")
+    return item.options[index] if 0 <= index < len(item.options) else ""
+
+
+def cloze_question(item: EvalItem) -> dict[str, str]:
+    """A multiple-choice item's question on its own (with its image, without the earlier turns), its option lines and
+    letter instruction replaced by the short-answer instruction."""
+    kept = [line for line in item.prompt[-1]["value"].replace("<image>", "").splitlines()
+            if line.strip() and not parse_options(line) and line.strip() != MULTIPLE_CHOICE_INSTRUCTION]
+    text = "\n".join([*kept, SHORT_ANSWER_INSTRUCTION])
+    return {"from": "human", "value": "<image>\n" + text if item.image else text}
+
+
+@torch.no_grad()
+def score_options_by_likelihood(model: FusionModel, items: list[EvalItem], config: EvalSection,
+                                progress: bool = True) -> None:
+    """The cloze formulation of every multiple-choice item: the option whose text is most likely per character."""
+    chosen = [item for item in items if item.kind == MULTIPLE_CHOICE and item.options]
+    pairs = [(item, option) for item in chosen for option in item.options]
+    model.eval()
+    likelihoods = []
+    bar = tqdm(total=len(pairs), desc="multiple choice (cloze)", unit="option", disable=not progress)
+    for start in range(0, len(pairs), config.batch_size):
+        chunk = pairs[start:start + config.batch_size]
+        images = [Image.open(io.BytesIO(item.image)).convert("RGB") if item.image else None for item, _ in chunk]
+        conversations = [[cloze_question(item), {"from": "gpt", "value": option}] for item, option in chunk]
+        scored = model.answer_log_likelihoods(images, conversations, batch_size=config.batch_size)
+        likelihoods += [s.log_probability / max(1, len(option)) for s, (_, option) in zip(scored, chunk, strict=True)]
+        bar.update(len(chunk))
+    bar.close()
+    position = 0
+    for item in chosen:
+        per_option = likelihoods[position:position + len(item.options)]
+        position += len(item.options)
+        item.cloze_choice = item.options[max(range(len(per_option)), key=per_option.__getitem__)]
+        item.cloze_score = float(normalize_answer(item.cloze_choice) == normalize_answer(correct_option(item)))
 
 
 def fit_prompt(builder, prompt: list[dict[str, str]], has_image: bool) -> list[dict[str, str]]:
@@ -214,15 +270,33 @@ def summarise(items: Sequence[EvalItem]) -> dict[str, Any]:
             # "at least 10 points": a margin of exactly 10 points passes though its float is a hair below 0.1
             result["passed"] = result["margin"] >= CHECK_MARGIN - 1e-9
             checks.append(result)
+    cloze = [item for item in items if item.cloze_score is not None]
     return {
         "categories": [row(group, category=c) for (c, _), group in sorted(categories.items())],
         "question_types": [row(group, category=c, question_type=q) for (c, q), group in
                            sorted(question_types.items())],
         "checks": checks,
         "check_margin": CHECK_MARGIN,
+        "multiple_choice_cloze": cloze_rows(cloze) if cloze else None,
         "items": len(items),
         "exact_items": sum(item.kind in EXACT_KINDS for item in items),
     }
+
+
+def cloze_rows(items: Sequence[EvalItem]) -> list[dict[str, Any]]:
+    """Cloze accuracy of multiple-choice items beside their letter accuracy: all of them, then per question type."""
+    def row(group: Sequence[EvalItem], question_type: str) -> dict[str, Any]:
+        model_score = statistics.fmean(item.cloze_score for item in group)
+        chance = statistics.fmean(1 / len(item.options) for item in group)
+        majority = statistics.fmean(item.cloze_majority for item in group)
+        return {"question_type": question_type, "n": len(group), "letter": statistics.fmean(i.score for i in group),
+                "model": model_score, "chance": chance, "majority": majority,
+                "margin": model_score - max(chance, majority)}
+
+    by_type: dict[str, list[EvalItem]] = defaultdict(list)
+    for item in items:
+        by_type[item.question_type].append(item)
+    return [row(items, "all"), *(row(group, kind) for kind, group in sorted(by_type.items()))]
 
 
 def evaluate(model: FusionModel | str | Path, dataset: str, out: Path, config: EvalSection, *, seed: int = 0,
@@ -234,6 +308,8 @@ def evaluate(model: FusionModel | str | Path, dataset: str, out: Path, config: E
     add_baselines(items, seed)
     logger.info("evaluating on %d held-out questions of %s (split %s)", len(items), dataset, config.split)
     generate_answers(model, items, config, progress)
+    if config.cloze_multiple_choice:
+        score_options_by_likelihood(model, items, config, progress)
     results = summarise(items)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PREDICTIONS_FILE, "".join(json.dumps(item.record()) + "\n" for item in items))
@@ -252,4 +328,9 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"check {check['check']}: model {check['model']:.1%} vs better baseline "
                      f"{max(check['chance'], check['majority']):.1%} -> {check['margin']:+.1%} "
                      f"(needs {results['check_margin']:+.0%}) {verdict}")
+    if results.get("multiple_choice_cloze"):
+        overall = results["multiple_choice_cloze"][0]
+        lines.append(f"multiple choice as cloze (option text by likelihood, not scored by the check): model "
+                     f"{overall['model']:.1%} vs chance {overall['chance']:.1%}, majority {overall['majority']:.1%} "
+                     f"(by letter: {overall['letter']:.1%})")
     return "\n".join(lines)

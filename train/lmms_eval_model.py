@@ -7,15 +7,12 @@ Greedy generation, batched with left padding; Q fixed to the config's evaluation
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from model.fusion import FusionModel
-from model.sequence import IGNORE_INDEX
 
 
 class FusionLmms(lmms):
@@ -65,30 +62,17 @@ class FusionLmms(lmms):
         bar.close()
         return answers
 
-    @torch.no_grad()
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        results = []
-        builder = self.model.sequence_builder
-        for request in tqdm(requests, desc="fusion loglikelihood", disable=self.rank != 0):
+        images, conversations = [], []
+        for request in requests:
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
             target = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(
                 self.task_dict[task][split][doc_id])
             image = self._visual(doc_to_visual, doc_id, task, split)
-            conversation = [*self._conversation(context, image is not None), {"from": "gpt", "value": target}]
-            batch = builder.collate([(image, conversation)], latent_count=builder.latent_count(True))
-            batch = batch.to(self.device)
-            labels = batch.labels
-            end_of_turn = (labels == builder.end_of_turn_id) if builder.end_of_turn_id is not None else None
-            if end_of_turn is not None:  # score the continuation only, not the template's end-of-turn token
-                labels = labels.masked_fill(end_of_turn, IGNORE_INDEX)
-            logits = self.model(dataclasses.replace(batch, labels=None)).logits[0, :-1].float()
-            targets = labels[0, 1:]
-            keep = targets != IGNORE_INDEX
-            log_probs = torch.log_softmax(logits[keep], dim=-1)
-            chosen = log_probs.gather(1, targets[keep][:, None]).sum()
-            greedy = bool((logits[keep].argmax(dim=-1) == targets[keep]).all())
-            results.append((float(chosen), greedy))
-        return results
+            images.append(image)
+            conversations.append([*self._conversation(context, image is not None), {"from": "gpt", "value": target}])
+        scored = self.model.answer_log_likelihoods(images, conversations, batch_size=self.batch_size_per_gpu)
+        return [(s.log_probability, s.greedy) for s in scored]
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         raise NotImplementedError("FUSION's lmms-eval adapter answers single-round requests")

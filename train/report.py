@@ -53,7 +53,7 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
         cells = []
         for key, _ in columns:
             value = row[key]
-            cells.append(_percent(value) if key in ("model", "chance", "majority") else
+            cells.append(_percent(value) if key in ("model", "chance", "majority", "letter") else
                          f"{value:+.1%}" if key == "margin" else str(value))
         body.append("| " + " | ".join(cells) + " |")
     return "\n".join([header, rule, *body])
@@ -79,6 +79,15 @@ def write_report(out: Path, *, results: dict[str, Any], paths: dict[str, Path], 
         lines.append(f"- {check['check']}: model {_percent(check['model'])}, chance {_percent(check['chance'])}, "
                      f"majority {_percent(check['majority'])}: {check['margin']:+.1%} "
                      f"(needs {results['check_margin']:+.0%}) - {verdict}")
+    if results.get("multiple_choice_cloze"):
+        lines += ["", "## Multiple choice as cloze", "",
+                  "Each option's text scored as the answer to the question without its options, by log-likelihood per "
+                  "character (the cloze formulation of OLMES); beside the option-letter score of the same questions. "
+                  "Not part of the learning checks: it shows whether the model knows the answer apart from binding it "
+                  "to its letter.", ""]
+        lines.append(_table(results["multiple_choice_cloze"], [
+            ("question_type", "question type"), ("n", "questions"), ("letter", "by letter"), ("model", "cloze"),
+            ("chance", "chance"), ("majority", "majority"), ("margin", "cloze vs better baseline")]))
     lines += ["", "## Per question type", ""]
     lines.append(_table(results["question_types"], [("category", "category"), ("question_type", "question type"),
                                                     ("metric", "metric"), ("n", "questions"), ("model", "model"),

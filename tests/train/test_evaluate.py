@@ -8,7 +8,15 @@ import json
 import pytest
 
 from train.checkpoint import checkpoint_folder
-from train.evaluate import EvalItem, add_baselines, held_out_items, item_kind, summarise
+from train.evaluate import (
+    EvalItem,
+    add_baselines,
+    cloze_question,
+    held_out_items,
+    item_kind,
+    score_options_by_likelihood,
+    summarise,
+)
 from train.scoring import CAPTION, MULTIPLE_CHOICE, SHORT, YES_NO, option_letter, rouge_l, score
 
 
@@ -55,6 +63,51 @@ def test_baselines_are_chance_and_the_majority_answer_of_the_same_split():
     assert checks["colour questions (color_of_shape)"]["passed"] and not checks["multiple choice"]["passed"]
 
 
+def test_multiple_choice_as_cloze_asks_without_options_and_has_its_own_baselines():
+    question = ("What colour is the star?\nA. red\nB. blue\nAnswer with the option's letter from the given choices "
+                "directly.")
+    earlier = [{"from": "human", "value": "<image>\nHow many stars?"}, {"from": "gpt", "value": "2"}]
+    asked = EvalItem("k", "MC", 1, "color_of_shape", MULTIPLE_CHOICE, [*earlier, {"from": "human", "value": question}],
+                     "A", ["red", "blue"], b"png")
+    # the question alone, with the image it is about
+    assert cloze_question(asked) == {"from": "human", "value": "<image>\nWhat colour is the star?\nAnswer the "
+                                                               "question using a single word or phrase."}
+    items = [item("MC", "color_of_shape", MULTIPLE_CHOICE, letter, options, prediction="A")
+             for letter, options in [("A", ["red", "blue"]), ("B", ["blue", "red"]), ("A", ["green", "red"]),
+                                     ("B", ["red", "pink", "grey", "blue"])]]
+    add_baselines(items)
+    # the right texts are red, red, green, pink: always saying "red" is right twice
+    assert [i.cloze_majority for i in items] == [1.0, 1.0, 0.0, 0.0]
+    for i, choice in zip(items, ["red", "blue", "green", "pink"], strict=True):
+        i.cloze_choice, i.cloze_score = choice, float(choice == i.options[ord(i.reference) - ord("A")])
+    overall, per_type = summarise(items)["multiple_choice_cloze"]
+    assert overall["model"] == pytest.approx(0.75) and overall["letter"] == pytest.approx(0.5)
+    assert overall["chance"] == pytest.approx((0.5 * 3 + 0.25) / 4) and overall["majority"] == pytest.approx(0.5)
+    assert per_type["question_type"] == "color_of_shape" and per_type["n"] == 4
+
+
+def test_cloze_picks_the_option_the_model_finds_most_likely_per_character(tiny_model):
+    import io
+
+    from tests.tiny_models import make_image
+    from train.config import EvalSection
+
+    buffer = io.BytesIO()
+    make_image(2).save(buffer, format="PNG")
+    prompt = [{"from": "human", "value": "<image>\nWhat colour is the ball?\nA. red\nB. a dark blue\nC. green\n"
+                                         "Answer with the option's letter from the given choices directly."}]
+    mc = EvalItem("k", "MC", 0, "color_of_shape", MULTIPLE_CHOICE, prompt, "B", ["red", "a dark blue", "green"],
+                  buffer.getvalue())
+    score_options_by_likelihood(tiny_model, [mc], EvalSection(batch_size=2), progress=False)
+    asked = [{"from": "human", "value": "<image>\nWhat colour is the ball?\nAnswer the question using a single word "
+                                        "or phrase."}]
+    scored = tiny_model.answer_log_likelihoods(
+        [make_image(2)] * 3, [[*asked, {"from": "gpt", "value": option}] for option in mc.options])
+    per_character = [s.log_probability / len(option) for s, option in zip(scored, mc.options, strict=True)]
+    assert mc.cloze_choice == mc.options[per_character.index(max(per_character))]
+    assert mc.cloze_score == float(mc.cloze_choice == "a dark blue")
+
+
 @pytest.mark.parametrize("right, passed", [(47, True), (46, False)])
 def test_a_margin_of_exactly_ten_points_passes_the_check(right, passed):
     # 33 of 140 references are the majority answer: 47 right answers beat it by exactly 10 points, which floats
@@ -90,7 +143,9 @@ def test_fusion_run_trains_evaluates_and_reports(tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "SynthMultiChoice" in printed and "check multiple choice" in printed
+    assert "multiple choice as cloze" in printed
     report = (out / "report.md").read_text()
+    assert "## Multiple choice as cloze" in report and "| all |" in report
     assert "![training loss](loss_curve.png)" in report and (out / "loss_curve.png").stat().st_size > 1000
     assert "| SynthColor | ROUGE-L F1 |" in report and "| SynthMultiChoice | accuracy (option letter) |" in report
     results = json.loads((out / "eval" / "results.json").read_text())
