@@ -703,7 +703,12 @@ class FusionModel(nn.Module):
         for start in range(0, len(conversations), batch_size):
             samples = list(zip(images[start:start + batch_size], conversations[start:start + batch_size]))
             batch = builder.collate(samples, latent_count=builder.latent_count(for_generation=True)).to(device)
-            logits = self(dataclasses.replace(batch, labels=None)).logits[:, :-1].float()
+            embeddings, card_context, _ = self.prepare_inputs(batch, compute_dsm=False)
+            with self.card_context(card_context):
+                # the final hidden states, and logits only where an answer token is predicted: a batch's full
+                # vocabulary logits would not fit for a real LLM (16 x 2048 x 150k floats)
+                hidden = self.language_model.model(inputs_embeds=embeddings, attention_mask=batch.attention_mask,
+                                                   position_ids=batch.position_ids, use_cache=False).last_hidden_state
             targets = batch.labels[:, 1:]
             if builder.end_of_turn_id is not None:
                 targets = targets.masked_fill(targets == builder.end_of_turn_id, IGNORE_INDEX)
@@ -711,8 +716,9 @@ class FusionModel(nn.Module):
                 where = last_answer_positions(targets[row])
                 if where.numel() == 0:
                     raise ValueError(f"conversation {start + row} has no answer token to score (empty last gpt turn?)")
-                chosen = logits[row, where].log_softmax(-1).gather(1, targets[row, where][:, None]).sum()
-                greedy = bool((logits[row, where].argmax(-1) == targets[row, where]).all())
+                logits = self.language_model.get_output_embeddings()(hidden[row, where]).float()
+                chosen = logits.log_softmax(-1).gather(1, targets[row, where][:, None]).sum()
+                greedy = bool((logits.argmax(-1) == targets[row, where]).all())
                 results.append(AnswerLikelihood(float(chosen), int(where.numel()), greedy))
         return results
 

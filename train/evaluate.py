@@ -11,12 +11,13 @@ format the question asks for. Baselines, per (category, question type) group of 
     against the group).
 
 Multiple choice is also scored in the cloze formulation (OLMES, Gu et al. 2024; Robinson & Wingate 2022): the
-question on its own (its image, no earlier turns) without its options, each option's text scored as the answer by its log-likelihood per character, the
-most likely one chosen. Small models often know the answer long before they can bind it to its option letter
-(multiple-choice symbol binding comes with scale: SmolLM2-135M-Instruct, told "The triangle is red." in the prompt,
-picks the letter of "red" 26% of the time among four), so the letter score alone cannot tell "does not know" from
-"cannot point at it". Its baselines: chance 1 / options; majority always the option text most often right in the
-group. The learning check scores the letter, as the question asks.
+question on its own (its image, no earlier turns) without its options, each option's text scored as the answer
+by its log-likelihood per character, the most likely one chosen. Small models often know the answer long before
+they can bind it to its option letter (multiple-choice symbol binding comes with scale: SmolLM2-135M-Instruct, told
+"The triangle is red." in the prompt, picks the letter of "red" at chance, benchmarks/option_binding.py), so the
+letter score alone cannot tell "does not know" from "cannot point at it". Its baselines: chance 1 / options;
+majority always the option text most often right in the group. The learning check scores the letter, as the
+question asks.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from train.scoring import (
     SHORT,
     YES_NO,
     normalize_answer,
+    option_letter,
     parse_options,
     rouge_l,
     score,
@@ -170,9 +172,9 @@ def add_baselines(items: list[EvalItem], seed: int = 0) -> None:
 
 
 def correct_option(item: EvalItem) -> str:
-    """The text of a multiple-choice item's right option ("" when its letter names no option)."""
-    index = ord(item.reference.strip()[:1] or "?") - ord("A")
-    return item.options[index] if 0 <= index < len(item.options) else ""
+    """The text of a multiple-choice item's right option, named by its letter or its text ("" when it names none)."""
+    letter = option_letter(item.reference, item.options)
+    return item.options[ord(letter) - ord("A")] if letter else ""
 
 
 def cloze_question(item: EvalItem) -> dict[str, str]:

@@ -12,6 +12,7 @@ from train.evaluate import (
     EvalItem,
     add_baselines,
     cloze_question,
+    correct_option,
     held_out_items,
     item_kind,
     score_options_by_likelihood,
@@ -84,6 +85,10 @@ def test_multiple_choice_as_cloze_asks_without_options_and_has_its_own_baselines
     assert overall["model"] == pytest.approx(0.75) and overall["letter"] == pytest.approx(0.5)
     assert overall["chance"] == pytest.approx((0.5 * 3 + 0.25) / 4) and overall["majority"] == pytest.approx(0.5)
     assert per_type["question_type"] == "color_of_shape" and per_type["n"] == 4
+    # a reference may name its option by text (converted data) as well as by letter
+    assert correct_option(item("MC", "t", MULTIPLE_CHOICE, "blue", ["red", "blue"])) == "blue"
+    assert correct_option(item("MC", "t", MULTIPLE_CHOICE, "(B) blue", ["red", "blue"])) == "blue"
+    assert correct_option(item("MC", "t", MULTIPLE_CHOICE, "purple", ["red", "blue"])) == ""
 
 
 def test_cloze_picks_the_option_the_model_finds_most_likely_per_character(tiny_model):
