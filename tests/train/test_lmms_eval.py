@@ -56,3 +56,26 @@ def test_lmms_eval_scores_a_checkpoint_on_the_local_held_out_task(small_dataset,
                      docs[s["doc_id"]]["options"].split("|") if docs[s["doc_id"]]["options"] else [])
                for s in samples) / len(samples)
     assert abs(mean - reported) < 1e-9
+
+
+def test_the_adapters_loglikelihood_is_the_models_answer_likelihood(tiny_fusion_config, tmp_path):
+    import torch
+    from lmms_eval.api.instance import Instance
+
+    from model.fusion import FusionModel
+    from train.lmms_eval_model import FusionLmms
+
+    torch.manual_seed(0)
+    FusionModel.from_config(tiny_fusion_config).save_pretrained(tmp_path / "model")
+    adapter = FusionLmms(pretrained=str(tmp_path / "model"), batch_size=2)
+    contexts = [("Count the balloons.", "Seven balloons."), ("What is two plus two?", "Four"),
+                ("Name a colour.", "red")]
+    requests = [Instance("loglikelihood", (context, target, None, index, "task", "test"), index,
+                         {"task": "task", "doc_id": index, "repeats": 1})
+                for index, (context, target) in enumerate(contexts)]
+    answered = adapter.loglikelihood(requests)
+    own = adapter.model.answer_log_likelihoods(
+        [None] * 3, [[{"from": "human", "value": c}, {"from": "gpt", "value": t}] for c, t in contexts])
+    assert [a[0] for a in answered] == pytest.approx([o.log_probability for o in own], abs=1e-4)
+    assert [a[1] for a in answered] == [o.greedy for o in own]
+    assert all(a[0] < 0 for a in answered)
