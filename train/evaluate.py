@@ -197,7 +197,10 @@ def score_options_by_likelihood(model: FusionModel, items: list[EvalItem], confi
     bar = tqdm(total=len(pairs), desc="multiple choice (cloze)", unit="option", disable=not progress)
     for start in range(0, len(pairs), config.batch_size):
         chunk = pairs[start:start + config.batch_size]
-        images = [Image.open(io.BytesIO(item.image)).convert("RGB") if item.image else None for item, _ in chunk]
+        # a question's options are neighbours: its image is decoded once per batch, not once per option
+        decoded = {id(item): Image.open(io.BytesIO(item.image)).convert("RGB") if item.image else None
+                   for item, _ in chunk}
+        images = [decoded[id(item)] for item, _ in chunk]
         conversations = [[cloze_question(item), {"from": "gpt", "value": option}] for item, option in chunk]
         scored = model.answer_log_likelihoods(images, conversations, batch_size=config.batch_size)
         likelihoods += [s.log_probability / max(1, len(option)) for s, (_, option) in zip(scored, chunk, strict=True)]
@@ -248,15 +251,18 @@ def generate_answers(model: FusionModel, items: list[EvalItem], config: EvalSect
     bar.close()
 
 
+def _beside_baselines(model: Sequence[float], chance: Sequence[float], majority: Sequence[float]) -> dict[str, Any]:
+    """Mean model score of a group beside its mean chance and majority baselines, and its margin over the better."""
+    scores = {"model": statistics.fmean(model), "chance": statistics.fmean(chance),
+              "majority": statistics.fmean(majority)}
+    return {"n": len(model), **scores, "margin": scores["model"] - max(scores["chance"], scores["majority"])}
+
+
 def summarise(items: Sequence[EvalItem]) -> dict[str, Any]:
     def row(group: Sequence[EvalItem], **labels: str) -> dict[str, Any]:
         kinds = sorted({item.kind for item in group})
-        model_score = statistics.fmean(item.score for item in group)
-        chance = statistics.fmean(item.chance for item in group)
-        majority = statistics.fmean(item.majority for item in group)
-        return {**labels, "metric": " / ".join(METRIC_NAMES[k] for k in kinds), "n": len(group),
-                "model": model_score, "chance": chance, "majority": majority,
-                "margin": model_score - max(chance, majority)}
+        return {**labels, "metric": " / ".join(METRIC_NAMES[k] for k in kinds),
+                **_beside_baselines([i.score for i in group], [i.chance for i in group], [i.majority for i in group])}
 
     categories, question_types = defaultdict(list), defaultdict(list)
     for item in items:
@@ -288,12 +294,9 @@ def summarise(items: Sequence[EvalItem]) -> dict[str, Any]:
 def cloze_rows(items: Sequence[EvalItem]) -> list[dict[str, Any]]:
     """Cloze accuracy of multiple-choice items beside their letter accuracy: all of them, then per question type."""
     def row(group: Sequence[EvalItem], question_type: str) -> dict[str, Any]:
-        model_score = statistics.fmean(item.cloze_score for item in group)
-        chance = statistics.fmean(1 / len(item.options) for item in group)
-        majority = statistics.fmean(item.cloze_majority for item in group)
-        return {"question_type": question_type, "n": len(group), "letter": statistics.fmean(i.score for i in group),
-                "model": model_score, "chance": chance, "majority": majority,
-                "margin": model_score - max(chance, majority)}
+        return {"question_type": question_type, "letter": statistics.fmean(i.score for i in group),
+                **_beside_baselines([i.cloze_score for i in group], [1 / len(i.options) for i in group],
+                                    [i.cloze_majority for i in group])}
 
     by_type: dict[str, list[EvalItem]] = defaultdict(list)
     for item in items:

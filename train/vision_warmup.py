@@ -197,8 +197,8 @@ def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupE
     """Soft cross-entropy on the patch shares, cross-entropy on centred shapes, the style and the count, binary
     cross-entropy on the pairs present; with an answer head and `turns`, each image is encoded beside that turn's
     question alone and the answer head's cross-entropy on its mean patch is added (with `answer_tokens`, the first
-    token of each of the head's answers: and the cross-entropy of that token read from the mean image token
-    through the LLM's output path)."""
+    token of each of the head's answers on the model's device: and the cross-entropy of that token read from the
+    mean image token through the LLM's output path)."""
     if heads.answer is None or turns is None:  # the full view beside the ViT text training gives it
         features = tower_features(model, examples)
         return dense_losses(heads, features, examples)
@@ -210,7 +210,7 @@ def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupE
     logits = heads.answer(features.mean(dim=1))
     losses["answer"] = _cross_entropy(logits, targets)
     if answer_tokens is not None:
-        first_tokens = torch.where(targets >= 0, answer_tokens.to(targets.device)[targets.clamp(min=0)], -100)
+        first_tokens = torch.where(targets >= 0, answer_tokens[targets.clamp(min=0)], -100)
         mean_token = model.mm_projector(features.to(model.mm_projector[0].weight.dtype)).mean(dim=1)
         llm_logits = model.language_model.get_output_embeddings()(final_norm(model)(mean_token))
         losses["answer_llm"] = _cross_entropy(llm_logits, first_tokens)
@@ -223,10 +223,10 @@ def answer_first_tokens(model: FusionModel, answers: Sequence[str]) -> torch.Ten
     return torch.tensor([tokenizer.encode(answer, add_special_tokens=False)[0] for answer in answers])
 
 
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the targets that are not -100 (zero, still in the graph, when none is)."""
-    return (nn.functional.cross_entropy(logits, targets, ignore_index=-100) if (targets != -100).any()
-            else logits.sum() * 0.0)
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy over the targets that are not `ignore_index` (zero, still in the graph, when none is)."""
+    return (nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index)
+            if (targets != ignore_index).any() else logits.sum() * 0.0)
 
 
 def final_norm(model: FusionModel) -> nn.Module:
@@ -247,10 +247,8 @@ def dense_losses(heads: WarmupHeads, features: torch.Tensor, examples: list[Warm
 
     pooled = features.mean(dim=1)
     centres = torch.stack([e.centre_shapes for e in examples]).to(device).flatten()
-    centre_logits = heads.centre(features).flatten(0, 1)
     # scenes without objects have no centre: a batch of only those has no centre term (not a NaN mean)
-    centre = nn.functional.cross_entropy(centre_logits, centres, ignore_index=NO_CENTRE) \
-        if (centres != NO_CENTRE).any() else centre_logits.sum() * 0.0
+    centre = _cross_entropy(heads.centre(features).flatten(0, 1), centres, ignore_index=NO_CENTRE)
     return {
         "colour": soft_ce(heads.colour(features), torch.stack([e.colour_shares for e in examples])),
         "shape": soft_ce(heads.shape(features), torch.stack([e.shape_shares for e in examples])),
@@ -329,7 +327,8 @@ def _fit(model: FusionModel, heads: WarmupHeads, examples: list[WarmupExample], 
     order = random.Random(seed)
     answers = heads.answer is not None
     # tokenized once here, not per step
-    answer_tokens = answer_first_tokens(model, heads.answers) if answers and config.answer_through_llm else None
+    answer_tokens = (answer_first_tokens(model, heads.answers).to(_device(model))
+                     if answers and config.answer_through_llm else None)
     with tqdm(total=config.steps, desc="vision warm-up", unit="step", disable=not progress) as bar:
         for _ in range(config.steps):
             batch = [examples[order.randrange(len(examples))] for _ in range(config.batch_size)]
