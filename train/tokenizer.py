@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from model.sequence import ROLES
@@ -28,6 +28,11 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<pad>", "<|im_start|>", "<|im_end|>"]
+# A space ends the word before it instead of starting the next (GPT-2's pieces are " red"): a word at the end of a
+# line or a turn, which is where every short answer and every option text stands, is then one and the same token
+# ("A. red" holds the token the answer "red" is). A model built from scratch has no way to learn that " red" and
+# "red" mean one thing other than from data, and picking an option by its letter needs that match.
+WORD_PIECES = r"\p{L}+ ?|\p{N}+ ?|[^\s\p{L}\p{N}]+ ?|\s+"
 
 
 def conversation_texts(sources: list[Source], max_samples: int) -> Iterator[str]:
@@ -60,7 +65,10 @@ def conversation_texts(sources: list[Source], max_samples: int) -> Iterator[str]
 def train_tokenizer(sources: list[Source], directory: Path, vocab_size: int, max_samples: int
                     ) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(WORD_PIECES), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

@@ -133,6 +133,20 @@ def test_a_tokenizer_fitted_to_the_data_writes_each_chat_role_as_one_token(small
     assert pieces.count("user") == 1 and pieces.count("assistant") == 1  # not spelled out letter by letter
 
 
+def test_a_fitted_tokenizer_writes_an_answer_and_the_same_option_text_with_the_same_tokens(small_dataset, tmp_path):
+    from train.config import SourceSpec
+    from train.sources import resolve_sources
+    from train.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(resolve_sources([SourceSpec(path=str(small_dataset))], 0), tmp_path, 400, 100)
+    question = "What colour is the star?\nA. dark grey\nB. 12\nC. red\nAnswer with the option's letter."
+    ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    for answer in ("dark grey", "12", "red", "A", "C"):
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        assert any(ids[i:i + len(answer_ids)] == answer_ids for i in range(len(ids))), answer
+    assert tokenizer.decode(ids) == question  # spaces and line breaks come back exactly
+
+
 def test_the_tokenizer_is_fitted_to_the_text_each_source_trains_on(small_dataset):
     from train.config import SourceSpec
     from train.sources import resolve_sources
