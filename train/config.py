@@ -171,6 +171,16 @@ class VisionWarmupConfig(Strict):
         "the decoder writes its own; trains the projector, the final norm and the output embeddings too")
 
 
+class BindingWarmupConfig(Strict):
+    """Told-answer multiple choice for a decoder built from scratch (train/binding_warmup.py); 0 steps: off."""
+
+    steps: int = Field(0, ge=0, description="Warm-up steps before step 0 (text-only, the language model alone)")
+    lr: float = Field(3e-4, gt=0, description="Constant after the ramp; 1e-3 and above do not form the lookup")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    batch_size: int = Field(64, ge=1)
+    max_questions: int = Field(20000, ge=1, description="Distinct multiple-choice turns read, in shard order")
+
+
 class TrainConfig(Strict):
     name: str
     seed: int = 0
@@ -193,6 +203,7 @@ class TrainConfig(Strict):
     log: LogSection = Field(default_factory=LogSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     vision_warmup: VisionWarmupConfig = Field(default_factory=VisionWarmupConfig)
+    binding_warmup: BindingWarmupConfig = Field(default_factory=BindingWarmupConfig)
 
     @model_validator(mode="after")
     def _has_length(self) -> TrainConfig:

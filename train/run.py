@@ -22,6 +22,7 @@ from train.config import TrainConfig, train_config_from_section
 from train.evaluate import evaluate, format_table
 from train.report import LOSS_CURVE, write_report
 from train.trainer import CONFIG_FILE, train
+from train.binding_warmup import RESULT_FILE as BINDING_FILE
 from train.vision_warmup import RESULT_FILE as WARMUP_FILE
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def train_and_evaluate(config: TrainConfig, dataset: Path, out: Path, *, synthes
         "model": f"`{config.model.preset}` trained from scratch" if config.model.init_from is None
         else f"`{config.model.preset}` from `{config.model.init_from}`",
         "vision warm-up": _warmup_summary(out / TRAIN_DIR / WARMUP_FILE),
+        "binding warm-up": _binding_summary(out / TRAIN_DIR / BINDING_FILE),
         "optimizer steps": f"{result.steps} of {result.total_steps} (global batch {config.batch.global_batch})",
         "held-out questions": results["items"],
         "training time": f"{train_seconds:.0f} s (this invocation)",
@@ -74,10 +76,23 @@ def train_and_evaluate(config: TrainConfig, dataset: Path, out: Path, *, synthes
     }
     if (out / TRAIN_DIR / WARMUP_FILE).is_file():
         paths["vision warm-up losses"] = out / TRAIN_DIR / WARMUP_FILE
+    if (out / TRAIN_DIR / BINDING_FILE).is_file():
+        paths["binding warm-up"] = out / TRAIN_DIR / BINDING_FILE
     report = write_report(out, results=results, paths=paths, summary=summary)
     passed = all(check["passed"] for check in results["checks"])
     print(f"report:  {report}")
     return RunOutcome(report, results, passed)
+
+
+def _binding_summary(path: Path) -> str:
+    if not path.is_file():
+        return "none"
+    warmup = json.loads(path.read_text())
+    accuracy = warmup["held_out_accuracy"]
+    return (f"{warmup['steps']} steps on {warmup['questions']} told-answer multiple-choice questions "
+            f"(train/binding_warmup.py; loss {warmup['first_loss']:.2f} -> {warmup['last_loss']:.2f}, the told "
+            f"option's letter on {warmup['held_out']} held-out questions {100 * accuracy['before']:.1f}% -> "
+            f"{100 * accuracy['after']:.1f}%, chance {100 * accuracy['chance']:.1f}%)")
 
 
 def _warmup_summary(path: Path) -> str:

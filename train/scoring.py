@@ -21,7 +21,7 @@ METRIC_NAMES = {MULTIPLE_CHOICE: "accuracy (option letter)", YES_NO: "accuracy (
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
-_OPTION_LINE = re.compile(r"^([A-Z])\.\s*(.+)$")
+OPTION_LINE = re.compile(r"^([A-Z])\.\s*(.+)$")
 _LETTER = re.compile(r"^\(?([A-Z])(?:[).:\s]|$)")
 
 
@@ -36,7 +36,7 @@ def words(text: str) -> list[str]:
 
 def parse_options(question: str) -> list[str]:
     """`A. red` lines of a multiple-choice question, in order."""
-    return [m.group(2).strip() for line in question.splitlines() if (m := _OPTION_LINE.match(line.strip()))]
+    return [m.group(2).strip() for line in question.splitlines() if (m := OPTION_LINE.match(line.strip()))]
 
 
 def option_letter(prediction: str, options: list[str]) -> str | None:

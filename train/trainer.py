@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from model.loss import supervised_token_count
+from train.binding_warmup import warm_up_binding
 from train.checkpoint import (
     TrainerState,
     load_checkpoint,
@@ -100,6 +101,10 @@ def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | No
         # text's way in and out) are then the ones all ranks keep.
         warm_up_vision(model, sources, config.vision_warmup, config.seed, out if info.is_main else None,
                        progress=config.log.progress and info.is_main)
+        broadcast_parameters(model)
+    if checkpoint is None and config.binding_warmup.steps:
+        warm_up_binding(model, sources, config.binding_warmup, config.seed, out if info.is_main else None,
+                        progress=config.log.progress and info.is_main)
         broadcast_parameters(model)
     model.uniform_execution = True  # same modules on every rank each step (text-only batches included)
     if config.gradient_checkpointing:

@@ -1,0 +1,187 @@
+"""Option-binding warm-up: teach a decoder built from scratch to answer a multiple-choice question by its letter.
+
+Picking an option by its letter is a lookup in the context: find the option whose text is the answer, write the
+letter written before it (an induction-style circuit). The demo's 4-layer decoder does not form it from the image
+questions in the training budget, though it knows the answer among the options: scored as cloze (each option's text
+as the answer) the demo model picks the right one 53% of the time, by letter 34%, below the majority letter.
+Measured on a decoder of the demo's size (hidden 128, 4 layers) with a word-level vocabulary: told the answer
+("v5 ? A. v1 B. v5 ..."), it picks the letter at 95% after 600 steps of batch 64 at LR 3e-4, and not at all at
+1e-3 or 2e-3 (chance after 1,000-2,300 steps); a decoder with that circuit learns to pick the letter of an answer it
+must work out itself (a second hop) within 200 steps, one without it not in 1,400; a main phase at LR 2e-3 undoes it
+(chance within 200 steps), 5e-4 keeps it.
+
+So before the FUSION training, the decoder alone trains on text-only multiple-choice turns made from the training
+data's own: each question with its options shuffled and lettered again, and the answer stated before it ("The
+answer is red."); the target is the letter. Nothing here reads the image: what the answer is still has to come
+from the image in training. It runs once, before step 0 (a resumed run has it in its checkpoint), after the vision
+warm-up, on the multiple-choice turns of the training sources (a human turn with `A. ...` option lines answered by
+one of their letters); with none, it is a config error naming the sources.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import string
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from model.fusion import FusionModel
+from pipeline.fileio import atomic_write_text
+from train.config import BindingWarmupConfig
+from train.loader import shard_samples
+from train.optim import lr_factor
+from train.scoring import OPTION_LINE
+from train.sources import Source
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE = "binding_warmup.json"
+MAX_HELD_OUT = 256  # questions kept out of the warm-up to measure it (a fifth of them when there are fewer)
+MIN_QUESTIONS = 10
+SUMMARY_STEPS = 20
+
+
+class BindingWarmupError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ChoiceQuestion:
+    """One multiple-choice turn: the lines before and after its options, the options, the right one's index."""
+
+    before: tuple[str, ...]
+    options: tuple[str, ...]
+    after: tuple[str, ...]
+    answer: int
+
+
+def choice_question(question: str, answer: str) -> ChoiceQuestion | None:
+    """The turn as a `ChoiceQuestion`, or None unless it has one block of at least two `A. ...` option lines,
+    lettered A, B, ... in order, and the answer is one of their letters."""
+    lines = [line.strip() for line in question.replace("<image>", "").splitlines() if line.strip()]
+    matches = [(i, m) for i, line in enumerate(lines) if (m := OPTION_LINE.match(line))]
+    letter = answer.strip().rstrip(".")
+    if (len(matches) < 2 or [i for i, _ in matches] != list(range(matches[0][0], matches[0][0] + len(matches)))
+            or "".join(m.group(1) for _, m in matches) != string.ascii_uppercase[:len(matches)]
+            or len(letter) != 1 or letter not in string.ascii_uppercase[:len(matches)]):
+        return None
+    first, last = matches[0][0], matches[-1][0]
+    return ChoiceQuestion(tuple(lines[:first]), tuple(m.group(2).strip() for _, m in matches),
+                          tuple(lines[last + 1:]), string.ascii_uppercase.index(letter))
+
+
+def told_conversation(question: ChoiceQuestion, rng: random.Random) -> list[dict[str, str]]:
+    """The question with its options shuffled and lettered again, the answer stated before it; target: the letter."""
+    order = list(range(len(question.options)))
+    rng.shuffle(order)
+    lines = [f"{string.ascii_uppercase[new]}. {question.options[old]}" for new, old in enumerate(order)]
+    text = "\n".join([f"The answer is {question.options[question.answer]}.", *question.before, *lines,
+                      *question.after])
+    return [{"from": "human", "value": text},
+            {"from": "gpt", "value": string.ascii_uppercase[order.index(question.answer)]}]
+
+
+def choice_questions(sources: list[Source], max_questions: int) -> tuple[list[ChoiceQuestion], Counter]:
+    """Up to `max_questions` distinct multiple-choice turns of the sources, in shard order; counts of what was
+    skipped."""
+    counts: Counter = Counter()
+    found: dict[ChoiceQuestion, None] = {}  # ordered and distinct: many scenes ask the same question
+    for source in sources:
+        for shard in source.shards:
+            for _, raw in shard_samples(shard, counts):
+                try:
+                    turns = json.loads(raw["json"]).get("conversations", [])
+                except (KeyError, ValueError):
+                    counts["unreadable json"] += 1
+                    continue
+                for human, gpt in zip(turns[::2], turns[1::2]):
+                    question = choice_question(str(human.get("value", "")), str(gpt.get("value", "")))
+                    if question is not None:
+                        found[question] = None
+                        if len(found) >= max_questions:
+                            return list(found), counts
+    return list(found), counts
+
+
+def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWarmupConfig, seed: int,
+                    out: Path | None = None, progress: bool = True) -> dict:
+    """Train the language model on told-answer multiple choice for `config.steps` steps; returns (and saves) its
+    losses and the held-out letter accuracy before and after."""
+    parameters = [p for p in model.language_model.parameters() if p.requires_grad]
+    if not parameters:
+        raise BindingWarmupError("binding_warmup.steps > 0 but the language model is frozen (model.trainable)")
+    questions, counts = choice_questions(sources, config.max_questions)
+    if len(questions) < MIN_QUESTIONS:
+        raise BindingWarmupError(
+            f"binding_warmup: the training sources ({', '.join(s.name for s in sources)}) have {len(questions)} "
+            f"distinct multiple-choice turns (a human turn with 'A. ...' option lines answered by one of their "
+            f"letters), at least {MIN_QUESTIONS} are needed; set binding_warmup.steps: 0 for other data")
+    rng = random.Random(seed)
+    rng.shuffle(questions)
+    held_out_count = min(MAX_HELD_OUT, len(questions) // 5)
+    held_out = [told_conversation(q, rng) for q in questions[:held_out_count]]
+    train = questions[held_out_count:]
+    before = told_accuracy(model, held_out)
+    history = _fit(model, train, config, parameters, rng, progress)
+    after = told_accuracy(model, held_out)
+    span = max(1, min(SUMMARY_STEPS, len(history) // 2))
+    chance = sum(1 / len(q.options) for q in questions[:held_out_count]) / held_out_count
+    result = {"steps": config.steps, "questions": len(train), "held_out": held_out_count, "skipped": dict(counts),
+              "first_loss": round(sum(history[:span]) / span, 4), "last_loss": round(sum(history[-span:]) / span, 4),
+              "held_out_accuracy": {"before": before, "after": after, "chance": chance}}
+    logger.info("binding warm-up: %d steps on %d questions, loss %.3f -> %.3f, told-answer letter accuracy on %d "
+                "held-out questions %.1f%% -> %.1f%% (chance %.1f%%)", config.steps, len(train),
+                result["first_loss"], result["last_loss"], held_out_count, 100 * before, 100 * after, 100 * chance)
+    if out is not None:
+        atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2))
+    return result
+
+
+def _fit(model: FusionModel, questions: list[ChoiceQuestion], config: BindingWarmupConfig,
+         parameters: list[torch.nn.Parameter], rng: random.Random, progress: bool) -> list[float]:
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
+    ramp = max(1, int(config.warmup_ratio * config.steps))
+    # constant after the ramp: the circuit forms late and suddenly; a cosine would have lowered the LR by then
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.steps, ramp, "constant", 1.0))
+    builder = model.sequence_builder
+    device = model.mm_projector[0].weight.device
+    history: list[float] = []
+    was_training = model.training
+    model.train()
+    try:
+        with tqdm(total=config.steps, desc="binding warm-up", unit="step", disable=not progress) as bar:
+            for _ in range(config.steps):
+                conversations = [told_conversation(questions[rng.randrange(len(questions))], rng)
+                                 for _ in range(config.batch_size)]
+                batch = builder.collate([(None, c) for c in conversations], latent_count=0).to(device)
+                loss = model(batch).lm_loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+                history.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{history[-1]:.3f}")
+    finally:
+        model.train(was_training)
+    return history
+
+
+@torch.no_grad()
+def told_accuracy(model: FusionModel, conversations: list[list[dict[str, str]]]) -> float:
+    """How often greedy decoding writes the told option's letter."""
+    was_training = model.training
+    model.eval()
+    try:
+        scores = model.answer_log_likelihoods([None] * len(conversations), conversations, batch_size=64)
+    finally:
+        model.train(was_training)
+    return sum(score.greedy for score in scores) / len(scores)
