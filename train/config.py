@@ -175,7 +175,8 @@ class BindingWarmupConfig(Strict):
     """Told-answer multiple choice for a decoder built from scratch (train/binding_warmup.py); 0 steps: off."""
 
     steps: int = Field(0, ge=0, description="Warm-up steps before step 0 (text-only, the language model alone)")
-    lr: float = Field(3e-4, gt=0, description="Constant after the ramp; 1e-3 and above do not form the lookup")
+    lr: float = Field(3e-4, gt=0, description="Constant after the ramp (benchmarks/option_lookup_lr.py: the lookup "
+                      "forms at 3e-4, less at 2e-3)")
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     batch_size: int = Field(64, ge=1)
     max_questions: int = Field(20000, ge=1, description="Distinct multiple-choice turns read, in shard order")
