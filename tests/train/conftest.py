@@ -75,3 +75,10 @@ def text_samples(prefix: str, count: int) -> list[dict[str, bytes]]:
 
 def write_sizes(directory: Path, tars: list[Path], counts: list[int]) -> None:
     (directory / "sizes.json").write_text(json.dumps({t.name: n for t, n in zip(tars, counts)}))
+
+
+def plain_shards(directory: Path, count: int = 6) -> Path:
+    """One shard of image samples asking "What colour is shape N?": no scene graph, no multiple choice; its glob."""
+    tar = write_tar(directory / "train-00000.tar", image_samples("plain", count))
+    write_sizes(directory, [tar], [count])
+    return directory / "*.tar"

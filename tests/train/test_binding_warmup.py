@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from tests.train.conftest import image_samples, write_sizes, write_tar
+from tests.train.conftest import plain_shards
 from tests.train.test_vision_warmup import changed_parts, tiny_model_and_sources
 from train.binding_warmup import (
     RESULT_FILE,
@@ -69,17 +69,14 @@ def test_the_warm_up_trains_the_language_model_alone_on_the_datas_multiple_choic
     assert result["last_loss"] < 0.5 * result["first_loss"]  # the letter format is learned at least
     assert result["held_out"] == len(questions) // 5 and result["questions"] == len(questions) - result["held_out"]
     accuracy = result["held_out_accuracy"]
-    assert 0.25 <= accuracy["chance"] <= 0.5 and 0 <= accuracy["before"] <= 1 and 0 <= accuracy["after"] <= 1
+    assert 0.25 <= accuracy["chance"] <= 0.5 and accuracy["after"] > accuracy["before"]  # 0% -> 53% measured
     assert json.loads((tmp_path / RESULT_FILE).read_text()) == result
     assert {part.split(".")[0] for part in changed_parts(before, model)} == {"language_model"}
     assert all(p.grad is None for p in model.parameters())  # no gradient left behind for the training
 
 
 def test_data_without_multiple_choice_is_a_clear_error(tmp_path):
-    shards = tmp_path / "plain"
-    tar = write_tar(shards / "train-00000.tar", image_samples("plain", 6))
-    write_sizes(shards, [tar], [6])
-    model, sources = tiny_model_and_sources(shards / "*.tar", tmp_path)
+    model, sources = tiny_model_and_sources(plain_shards(tmp_path / "plain"), tmp_path)
     with pytest.raises(BindingWarmupError, match=r"have 0 distinct multiple-choice turns.*binding_warmup\.steps: 0"):
         warm_up_binding(model, sources, BindingWarmupConfig(steps=2), seed=0, progress=False)
 

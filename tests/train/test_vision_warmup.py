@@ -12,7 +12,7 @@ import torch
 
 from generators.procedural.labels import NO_CENTRE
 from pipeline.record import SampleRecord
-from tests.train.conftest import image_samples, write_sizes, write_tar
+from tests.train.conftest import plain_shards
 from train.binding_warmup import RESULT_FILE as BINDING_RESULT_FILE
 from train.checkpoint import resolve_checkpoint
 from train.config import SourceSpec, VisionWarmupConfig, load_train_config
@@ -161,10 +161,7 @@ def test_a_resumed_run_continues_exactly_and_does_not_warm_up_again(small_datase
 
 
 def test_data_without_scene_graphs_is_a_clear_error(tmp_path):
-    shards = tmp_path / "plain"
-    tar = write_tar(shards / "train-00000.tar", image_samples("plain", 6))
-    write_sizes(shards, [tar], [6])
-    model, sources = tiny_model_and_sources(shards / "*.tar", tmp_path)
+    model, sources = tiny_model_and_sources(plain_shards(tmp_path / "plain"), tmp_path)
     with pytest.raises(VisionWarmupError, match=r"metadata\.scenes.*vision_warmup\.steps: 0"):
         warm_up_vision(model, sources, VisionWarmupConfig(steps=2), seed=0, progress=False)
 
