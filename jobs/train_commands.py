@@ -90,7 +90,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = load_train_config(args.config, args.overrides)
     checkpoint = checkpoint_folder(args.checkpoint)
-    print(format_table(evaluate(checkpoint, args.data, args.out, config.eval, seed=config.seed)))
+    print(format_table(evaluate(checkpoint, args.data, args.out, config.eval, seed=config.seed,
+                                  answer_form=config.data.multiple_choice_answer)))
     return 0
 
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.config_files import apply_override, deep_merge, read_with_bases, validate_model
+from train.choices import AnswerForm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = REPO_ROOT / "configs"
@@ -106,6 +107,10 @@ class DataSection(Strict):
     min_scores: dict[str, float] = Field(default_factory=dict, description="Applied to every source")
     max_scores: dict[str, float] = Field(default_factory=dict, description="Applied to every source")
     max_bad_fraction: float = Field(0.5, ge=0, le=1, description="Stop when more samples than this are bad")
+    multiple_choice_answer: AnswerForm = Field(
+        "letter", description="How the model is trained to answer a lettered question: 'letter' as the data does "
+        "('B'), or 'option_and_letter', the option's text then its letter ('red: B'; train/choices.py); evaluation "
+        "writes the earlier turns of its prompts the same way")
 
 
 class OptimSection(Strict):

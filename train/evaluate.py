@@ -41,6 +41,7 @@ from model.fusion import FusionModel
 from pipeline.fileio import atomic_write_text
 from pipeline.record import MULTIPLE_CHOICE_INSTRUCTION, SHORT_ANSWER_INSTRUCTION, SampleRecord
 from pipeline.planning import derive_seed
+from train.choices import LETTER, OPTION_AND_LETTER, AnswerForm, parse_options, with_answer_form
 from train.config import EvalSection, SourceSpec
 from train.loader import image_member, shard_samples
 from train.scoring import (
@@ -53,7 +54,6 @@ from train.scoring import (
     YES_NO,
     normalize_answer,
     option_letter,
-    parse_options,
     rouge_l,
     score,
 )
@@ -112,8 +112,10 @@ def item_kind(question: str, answer: str, qa: dict[str, Any] | None) -> tuple[st
     return kind, question_type or kind, options
 
 
-def held_out_items(dataset: str, split: str, max_per_category: int | None) -> list[EvalItem]:
-    """Every question of the held-out split (the first `max_per_category` samples of each category)."""
+def held_out_items(dataset: str, split: str, max_per_category: int | None,
+                   answer_form: AnswerForm = LETTER) -> list[EvalItem]:
+    """Every question of the held-out split (the first `max_per_category` samples of each category); the earlier
+    turns of a prompt answer multiple choice in the `answer_form` the model was trained on."""
     items: list[EvalItem] = []
     per_category: Counter = Counter()
     for shard in list_shards(SourceSpec(path=dataset, split=split)):
@@ -127,13 +129,14 @@ def held_out_items(dataset: str, split: str, max_per_category: int | None) -> li
             image = image_member(raw)
             qa_entries = record.metadata.get("qa", []) if isinstance(record.metadata, dict) else []
             turns = record.conversations
+            prompt_turns = with_answer_form(turns, answer_form)
             for turn in range(len(turns) // 2):
                 question, answer = turns[2 * turn]["value"], turns[2 * turn + 1]["value"]
                 qa = qa_entries[turn] if turn < len(qa_entries) else None
                 kind, question_type, options = item_kind(question, answer, qa)
                 reference = qa["answer"] if qa and kind != CAPTION else answer
                 items.append(EvalItem(record.key, record.category, turn, question_type, kind,
-                                      turns[: 2 * turn + 1], reference, options, image))
+                                      prompt_turns[: 2 * turn + 1], reference, options, image))
     if not items:
         raise FileNotFoundError(f"no held-out sample of split {split!r} in {dataset}")
     return items
@@ -233,13 +236,17 @@ def fit_prompt(builder, prompt: list[dict[str, str]], has_image: bool) -> list[d
 
 
 @torch.no_grad()
-def generate_answers(model: FusionModel, items: list[EvalItem], config: EvalSection, progress: bool = True) -> None:
+def generate_answers(model: FusionModel, items: list[EvalItem], config: EvalSection, progress: bool = True,
+                     answer_form: AnswerForm = LETTER) -> None:
+    def writes_text(item: EvalItem) -> bool:  # an option's text before its letter is as long as a long answer may be
+        return item.kind in (CAPTION, LONG) or (item.kind == MULTIPLE_CHOICE and answer_form == OPTION_AND_LETTER)
+
     model.eval()
-    order = sorted(range(len(items)), key=lambda i: (items[i].kind in (CAPTION, LONG), len(str(items[i].prompt))))
+    order = sorted(range(len(items)), key=lambda i: (writes_text(items[i]), len(str(items[i].prompt))))
     bar = tqdm(total=len(items), desc="evaluate", unit="question", disable=not progress)
     for start in range(0, len(order), config.batch_size):
         chunk = [items[i] for i in order[start : start + config.batch_size]]
-        long_answers = any(item.kind in (CAPTION, LONG) for item in chunk)
+        long_answers = any(writes_text(item) for item in chunk)
         images = [Image.open(io.BytesIO(item.image)).convert("RGB") if item.image else None for item in chunk]
         prompts = [fit_prompt(model.sequence_builder, item.prompt, item.image is not None) for item in chunk]
         answers = model.generate(images, prompts,
@@ -305,14 +312,15 @@ def cloze_rows(items: Sequence[EvalItem]) -> list[dict[str, Any]]:
 
 
 def evaluate(model: FusionModel | str | Path, dataset: str, out: Path, config: EvalSection, *, seed: int = 0,
-             progress: bool = True) -> dict[str, Any]:
-    """Evaluate a model (or checkpoint folder) on the held-out split of `dataset`; writes predictions and results."""
+             progress: bool = True, answer_form: AnswerForm = LETTER) -> dict[str, Any]:
+    """Evaluate a model (or checkpoint folder) on the held-out split of `dataset`; writes predictions and results.
+    `answer_form`: how the model was trained to answer multiple choice (`data.multiple_choice_answer`)."""
     if not isinstance(model, FusionModel):
         model = FusionModel.from_pretrained(model)
-    items = held_out_items(dataset, config.split, config.max_samples_per_category)
+    items = held_out_items(dataset, config.split, config.max_samples_per_category, answer_form)
     add_baselines(items, seed)
     logger.info("evaluating on %d held-out questions of %s (split %s)", len(items), dataset, config.split)
-    generate_answers(model, items, config, progress)
+    generate_answers(model, items, config, progress, answer_form)
     if config.cloze_multiple_choice:
         score_options_by_likelihood(model, items, config, progress)
     results = summarise(items)

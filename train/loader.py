@@ -48,6 +48,7 @@ from model.batch import FusionBatch
 from model.sequence import IMAGE_PLACEHOLDER, SequenceBuilder, SequenceTooLongError, TokenizedConversation
 from pipeline.planning import derive_seed
 from pipeline.record import SampleRecord
+from train.choices import with_answer_form
 from train.config import DataSection
 from train.sources import Shard, Source, is_url
 
@@ -287,6 +288,7 @@ class SampleProcessor:
             conversation = describe_turns(text, self.describe_prompts[source.spec.describe], key)
         else:
             conversation = record.conversations if has_image else without_image_token(record.conversations)
+        conversation = with_answer_form(conversation, self.data.multiple_choice_answer)
         if source.spec.context is not None:
             context = getattr(record, source.spec.context).strip()
             if not context:

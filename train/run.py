@@ -52,7 +52,7 @@ def train_and_evaluate(config: TrainConfig, dataset: Path, out: Path, *, synthes
     train_seconds = time.perf_counter() - started
     eval_started = time.perf_counter()
     results = evaluate(result.checkpoint, str(dataset), out / EVAL_DIR, config.eval, seed=config.seed,
-                       progress=progress)
+                       progress=progress, answer_form=config.data.multiple_choice_answer)
     eval_seconds = time.perf_counter() - eval_started
     print(format_table(results))
     summary = {

@@ -21,8 +21,8 @@ METRIC_NAMES = {MULTIPLE_CHOICE: "accuracy (option letter)", YES_NO: "accuracy (
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
-OPTION_LINE = re.compile(r"^([A-Z])\.\s*(.+)$")
 _LETTER = re.compile(r"^\(?([A-Z])(?:[).:\s]|$)")
+_LETTER_AFTER_OPTION = re.compile(r":\s*([A-Z])\s*$")  # "red: B": train.choices.option_and_letter
 
 
 def normalize_answer(text: str) -> str:
@@ -34,17 +34,13 @@ def words(text: str) -> list[str]:
     return text.lower().translate(_PUNCTUATION).split()
 
 
-def parse_options(question: str) -> list[str]:
-    """`A. red` lines of a multiple-choice question, in order."""
-    return [m.group(2).strip() for line in question.splitlines() if (m := OPTION_LINE.match(line.strip()))]
-
-
 def option_letter(prediction: str, options: list[str]) -> str | None:
-    """The letter a prediction picks: a leading letter, or the text of one option."""
+    """The letter a prediction picks: a letter after the option's text ("red: B"), a leading letter, or the text of
+    one option."""
     text = prediction.strip()
-    match = _LETTER.match(text)
-    if match and (not options or ord(match.group(1)) - ord("A") < len(options)):
-        return match.group(1)
+    for match in (_LETTER_AFTER_OPTION.search(text), _LETTER.match(text)):
+        if match and (not options or ord(match.group(1)) - ord("A") < len(options)):
+            return match.group(1)
     normalized = normalize_answer(text)
     for index, option in enumerate(options):
         if normalize_answer(option) == normalized:

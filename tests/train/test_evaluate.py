@@ -25,6 +25,9 @@ def test_scoring_rules():
     options = ["red", "blue", "green", "pink"]
     assert option_letter("B", options) == "B" and option_letter("(C) green", options) == "C"
     assert option_letter("green", options) == "C" and option_letter("purple", options) is None
+    # the option's text then its letter (data.multiple_choice_answer: option_and_letter): the letter is the choice
+    assert option_letter("green: C", options) == "C" and option_letter("blue: C", options) == "C"
+    assert option_letter("green: E", options) is None and option_letter("Yes: A", ["Yes", "No"]) == "A"
     assert score(MULTIPLE_CHOICE, "A.", "A", options) == 1.0 and score(MULTIPLE_CHOICE, "E", "A", options) == 0.0
     assert score(YES_NO, "Yes, there is.", "yes", []) == 1.0 and score(YES_NO, "no", "yes", []) == 0.0
     assert score(SHORT, "The Red.", "red", []) == 1.0 and score(SHORT, "dark red", "red", []) == 0.0

@@ -136,6 +136,7 @@ def test_a_tokenizer_fitted_to_the_data_writes_each_chat_role_as_one_token(small
 def test_a_fitted_tokenizer_writes_an_answer_and_the_same_option_text_with_the_same_tokens(small_dataset, tmp_path):
     from train.config import SourceSpec
     from train.sources import resolve_sources
+    from train.choices import option_and_letter
     from train.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(resolve_sources([SourceSpec(path=str(small_dataset))], 0), tmp_path, 400, 100)
@@ -144,6 +145,9 @@ def test_a_fitted_tokenizer_writes_an_answer_and_the_same_option_text_with_the_s
     for answer in ("dark grey", "12", "red", "A", "C"):
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         assert any(ids[i:i + len(answer_ids)] == answer_ids for i in range(len(ids))), answer
+        # and so does the option form of the answer ("red: C", train/choices.py) before its letter
+        named_ids = tokenizer(option_and_letter(answer, "C"), add_special_tokens=False)["input_ids"]
+        assert named_ids[:len(answer_ids)] == answer_ids, answer
     assert tokenizer.decode(ids) == question  # spaces and line breaks come back exactly
 
 
