@@ -724,8 +724,8 @@ class FusionModel(nn.Module):
                     raise ValueError(f"conversation {start + row} has no answer token to score (empty last gpt turn?)")
                 logits = self.language_model.get_output_embeddings()(hidden[row, where]).float()
                 chosen = logits.log_softmax(-1).gather(1, targets[row, where][:, None]).sum()
-                greedy = bool((logits.argmax(-1) == targets[row, where]).all())
-                results.append(AnswerLikelihood(float(chosen), int(where.numel()), greedy))
+                hits = logits.argmax(-1) == targets[row, where]
+                results.append(AnswerLikelihood(float(chosen), int(where.numel()), bool(hits.all()), bool(hits[-1])))
         return results
 
 
@@ -734,6 +734,7 @@ class AnswerLikelihood:
     log_probability: float  # summed over the answer's tokens
     tokens: int
     greedy: bool  # greedy decoding writes exactly these tokens
+    last_greedy: bool  # given the answer's other tokens, greedy decoding writes its last one
 
 
 def last_answer_positions(targets: torch.Tensor) -> torch.Tensor:

@@ -456,5 +456,6 @@ def test_answer_log_likelihood_scores_the_last_answer_alone_whatever_the_batch(t
     reference = -torch.nn.functional.cross_entropy(logits, masked, ignore_index=-100, reduction="sum")
     assert alone.log_probability == pytest.approx(float(reference), abs=1e-4)
     assert alone.greedy == bool((logits[kept].argmax(-1) == targets[kept]).all())
+    assert alone.last_greedy == bool(logits[kept][-1].argmax() == targets[kept][-1])
     with pytest.raises(ValueError, match="2 images for 1 conversations"):
         tiny_model.answer_log_likelihoods([None, None], [TEXT_CONVERSATION])

@@ -12,8 +12,11 @@ lookup formed, it learns within 300 steps to pick the letter of an answer it mus
 
 So before the FUSION training, the decoder alone trains on text-only multiple-choice turns made from the training
 data's own: each question with its options shuffled and lettered again, and the answer stated before it ("The
-answer is red."); the target is the letter. Nothing here reads the image: what the answer is still has to come
-from the image in training. It runs once, before step 0 (a resumed run has it in its checkpoint), after the vision
+answer is red."); the target is the letter. With `data.multiple_choice_answer: option_and_letter` the answer is
+the option's text then its letter ("red: B", train/choices.py) and nothing is told before: the lookup then starts
+from the text the model has just written, as it does when it answers an image question (told before the question,
+the lookup it formed read the told line, which an image question does not have). Nothing here reads the image:
+what the answer is still has to come from the image in training. It runs once, before step 0 (a resumed run has it in its checkpoint), after the vision
 warm-up, on the multiple-choice turns of the training sources (a human turn with `A. ...` option lines answered by
 one of their letters); with none, it is a config error naming the sources.
 """
@@ -25,7 +28,6 @@ import logging
 import random
 import string
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,10 +35,10 @@ from tqdm import tqdm
 
 from model.fusion import FusionModel
 from pipeline.fileio import atomic_write_text
+from train.choices import LETTER, AnswerForm, ChoiceQuestion, answer_in_form, choice_question
 from train.config import BindingWarmupConfig
 from train.loader import shard_samples
 from train.optim import lr_factor
-from train.scoring import OPTION_LINE
 from train.sources import Source
 
 logger = logging.getLogger(__name__)
@@ -51,40 +53,19 @@ class BindingWarmupError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class ChoiceQuestion:
-    """One multiple-choice turn: the lines before and after its options, the options, the right one's index."""
-
-    before: tuple[str, ...]
-    options: tuple[str, ...]
-    after: tuple[str, ...]
-    answer: int
-
-
-def choice_question(question: str, answer: str) -> ChoiceQuestion | None:
-    """The turn as a `ChoiceQuestion`, or None unless it has one block of at least two `A. ...` option lines,
-    lettered A, B, ... in order, and the answer is one of their letters."""
-    lines = [line.strip() for line in question.replace("<image>", "").splitlines() if line.strip()]
-    matches = [(i, m) for i, line in enumerate(lines) if (m := OPTION_LINE.match(line))]
-    letter = answer.strip().rstrip(".")
-    if (len(matches) < 2 or [i for i, _ in matches] != list(range(matches[0][0], matches[0][0] + len(matches)))
-            or "".join(m.group(1) for _, m in matches) != string.ascii_uppercase[:len(matches)]
-            or len(letter) != 1 or letter not in string.ascii_uppercase[:len(matches)]):
-        return None
-    first, last = matches[0][0], matches[-1][0]
-    return ChoiceQuestion(tuple(lines[:first]), tuple(m.group(2).strip() for _, m in matches),
-                          tuple(lines[last + 1:]), string.ascii_uppercase.index(letter))
-
-
-def told_conversation(question: ChoiceQuestion, rng: random.Random) -> list[dict[str, str]]:
-    """The question with its options shuffled and lettered again, the answer stated before it; target: the letter."""
+def told_conversation(question: ChoiceQuestion, rng: random.Random, form: AnswerForm = LETTER
+                      ) -> list[dict[str, str]]:
+    """The question with its options shuffled and lettered again, and its answer in `form`: the option's letter,
+    told first ("The answer is red." before the question), or the option's text then its letter, which tells it
+    where the letter is looked up when the model answers an image question (so nothing is told before)."""
     order = list(range(len(question.options)))
     rng.shuffle(order)
     lines = [f"{string.ascii_uppercase[new]}. {question.options[old]}" for new, old in enumerate(order)]
-    text = "\n".join([f"The answer is {question.options[question.answer]}.", *question.before, *lines,
-                      *question.after])
+    told = [f"The answer is {question.options[question.answer]}."] if form == LETTER else []
+    text = "\n".join([*told, *question.before, *lines, *question.after])
     return [{"from": "human", "value": text},
-            {"from": "gpt", "value": string.ascii_uppercase[order.index(question.answer)]}]
+            {"from": "gpt", "value": answer_in_form(question.options[question.answer],
+                                                    string.ascii_uppercase[order.index(question.answer)], form)}]
 
 
 def choice_questions(sources: list[Source], max_questions: int) -> tuple[list[ChoiceQuestion], Counter]:
@@ -110,9 +91,9 @@ def choice_questions(sources: list[Source], max_questions: int) -> tuple[list[Ch
 
 
 def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWarmupConfig, seed: int,
-                    out: Path | None = None, progress: bool = True) -> dict:
-    """Train the language model on told-answer multiple choice for `config.steps` steps; returns (and saves) its
-    losses and the held-out letter accuracy before and after."""
+                    out: Path | None = None, progress: bool = True, form: AnswerForm = LETTER) -> dict:
+    """Train the language model on told-answer multiple choice for `config.steps` steps, answers written in `form`;
+    returns (and saves) its losses and the held-out letter accuracy before and after."""
     parameters = [p for p in model.language_model.parameters() if p.requires_grad]
     if not parameters:
         raise BindingWarmupError("binding_warmup.steps > 0 but the language model is frozen (model.trainable)")
@@ -125,10 +106,10 @@ def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWa
     rng = random.Random(seed)
     rng.shuffle(questions)
     held_out_count = min(MAX_HELD_OUT, len(questions) // 5)
-    held_out = [told_conversation(q, rng) for q in questions[:held_out_count]]
+    held_out = [told_conversation(q, rng, form) for q in questions[:held_out_count]]
     train = questions[held_out_count:]
     before = told_accuracy(model, held_out)
-    history = _fit(model, train, config, parameters, rng, progress)
+    history = _fit(model, train, config, parameters, rng, progress, form)
     after = told_accuracy(model, held_out)
     span = max(1, min(SUMMARY_STEPS, len(history) // 2))
     chance = sum(1 / len(q.options) for q in questions[:held_out_count]) / held_out_count
@@ -144,7 +125,7 @@ def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWa
 
 
 def _fit(model: FusionModel, questions: list[ChoiceQuestion], config: BindingWarmupConfig,
-         parameters: list[torch.nn.Parameter], rng: random.Random, progress: bool) -> list[float]:
+         parameters: list[torch.nn.Parameter], rng: random.Random, progress: bool, form: AnswerForm) -> list[float]:
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
     ramp = max(1, int(config.warmup_ratio * config.steps))
     # constant after the ramp: the circuit forms late and suddenly; a cosine would have lowered the LR by then
@@ -158,7 +139,7 @@ def _fit(model: FusionModel, questions: list[ChoiceQuestion], config: BindingWar
     try:
         with tqdm(total=config.steps, desc="binding warm-up", unit="step", disable=not progress) as bar:
             for _ in range(config.steps):
-                conversations = [told_conversation(questions[rng.randrange(len(questions))], rng)
+                conversations = [told_conversation(questions[rng.randrange(len(questions))], rng, form)
                                  for _ in range(config.batch_size)]
                 batch = builder.collate([(None, c) for c in conversations], latent_count=0).to(device)
                 loss = model(batch).lm_loss
@@ -177,11 +158,11 @@ def _fit(model: FusionModel, questions: list[ChoiceQuestion], config: BindingWar
 
 @torch.no_grad()
 def told_accuracy(model: FusionModel, conversations: list[list[dict[str, str]]]) -> float:
-    """How often greedy decoding writes the told option's letter."""
+    """How often greedy decoding writes the told option's letter (the answer's last token)."""
     was_training = model.training
     model.eval()
     try:
         scores = model.answer_log_likelihoods([None] * len(conversations), conversations, batch_size=64)
     finally:
         model.train(was_training)
-    return sum(score.greedy for score in scores) / len(scores)
+    return sum(score.last_greedy for score in scores) / len(scores)

@@ -15,14 +15,12 @@ from tests.train.test_vision_warmup import changed_parts, tiny_model_and_sources
 from train.binding_warmup import (
     RESULT_FILE,
     BindingWarmupError,
-    ChoiceQuestion,
-    choice_question,
     choice_questions,
     told_conversation,
     warm_up_binding,
 )
+from train.choices import OPTION_AND_LETTER, ChoiceQuestion, choice_question, parse_options
 from train.config import BindingWarmupConfig
-from train.scoring import parse_options
 
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
@@ -55,6 +53,16 @@ def test_a_told_conversation_shuffles_the_options_and_asks_for_the_told_ones_let
         orders.add(tuple(options))
     assert set(letters) == set("ABCD") and min(letters.values()) > 30  # the told letter is spread over all four
     assert len(orders) > 12
+
+
+def test_in_the_option_and_letter_form_the_answer_names_the_option_then_its_new_letter():
+    question = choice_question(f"What colour is the star?\nA. red\nB. blue\nC. green\nD. pink\n{INSTRUCTION}", "C")
+    rng = random.Random(0)
+    for _ in range(20):
+        human, gpt = told_conversation(question, rng, OPTION_AND_LETTER)
+        letter = string.ascii_uppercase[parse_options(human["value"]).index("green")]
+        assert gpt["value"] == f"green: {letter}"  # the answer's text tells the option: nothing is told before
+        assert human["value"].startswith("What colour is the star?\n")
 
 
 def test_the_warm_up_trains_the_language_model_alone_on_the_datas_multiple_choice(small_dataset, tmp_path):
