@@ -104,7 +104,7 @@ def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | No
         broadcast_parameters(model)
     if checkpoint is None and config.binding_warmup.steps:
         warm_up_binding(model, sources, config.binding_warmup, config.seed, out if info.is_main else None,
-                        progress=config.log.progress and info.is_main)
+                        progress=config.log.progress and info.is_main, form=config.data.multiple_choice_answer)
         broadcast_parameters(model)
     model.uniform_execution = True  # same modules on every rank each step (text-only batches included)
     if config.gradient_checkpointing:
