@@ -16,9 +16,9 @@ answer is red."); the target is the letter. With `data.multiple_choice_answer: o
 the option's text then its letter ("red: B", train/choices.py) and nothing is told before: the lookup then starts
 from the text the model has just written, as it does when it answers an image question (told before the question,
 the lookup it formed read the told line, which an image question does not have). Nothing here reads the image:
-what the answer is still has to come from the image in training. It runs once, before step 0 (a resumed run has it in its checkpoint), after the vision
-warm-up, on the multiple-choice turns of the training sources (a human turn with `A. ...` option lines answered by
-one of their letters); with none, it is a config error naming the sources.
+what the answer is still has to come from the image in training. It runs once, before step 0 (a resumed run has it
+in its checkpoint), after the vision warm-up, on the multiple-choice turns of the training sources (a human turn
+with `A. ...` option lines answered by one of their letters); with none, it is a config error naming the sources.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def choice_questions(sources: list[Source], max_questions: int) -> tuple[list[Ch
 
 def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWarmupConfig, seed: int,
                     out: Path | None = None, progress: bool = True, form: AnswerForm = LETTER) -> dict:
-    """Train the language model on told-answer multiple choice for `config.steps` steps, answers written in `form`;
-    returns (and saves) its losses and the held-out letter accuracy before and after."""
+    """Train the language model on multiple choice whose answer it is given (told, or its text in the answer `form`)
+    for `config.steps` steps; returns (and saves) its losses and the held-out letter accuracy before and after."""
     parameters = [p for p in model.language_model.parameters() if p.requires_grad]
     if not parameters:
         raise BindingWarmupError("binding_warmup.steps > 0 but the language model is frozen (model.trainable)")
@@ -113,10 +113,10 @@ def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWa
     after = told_accuracy(model, held_out)
     span = max(1, min(SUMMARY_STEPS, len(history) // 2))
     chance = sum(1 / len(q.options) for q in questions[:held_out_count]) / held_out_count
-    result = {"steps": config.steps, "questions": len(train), "held_out": held_out_count, "skipped": dict(counts),
+    result = {"steps": config.steps, "form": form, "questions": len(train), "held_out": held_out_count, "skipped": dict(counts),
               "first_loss": round(sum(history[:span]) / span, 4), "last_loss": round(sum(history[-span:]) / span, 4),
               "held_out_accuracy": {"before": before, "after": after, "chance": chance}}
-    logger.info("binding warm-up: %d steps on %d questions, loss %.3f -> %.3f, told-answer letter accuracy on %d "
+    logger.info("binding warm-up: %d steps on %d questions, loss %.3f -> %.3f, the given answer's letter on %d "
                 "held-out questions %.1f%% -> %.1f%% (chance %.1f%%)", config.steps, len(train),
                 result["first_loss"], result["last_loss"], held_out_count, 100 * before, 100 * after, 100 * chance)
     if out is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from train.choices import OPTION_AND_LETTER
 from train.config import TrainConfig, train_config_from_section
 from train.evaluate import evaluate, format_table
 from train.report import LOSS_CURVE, write_report
@@ -89,8 +90,9 @@ def _binding_summary(path: Path) -> str:
         return "none"
     warmup = json.loads(path.read_text())
     accuracy = warmup["held_out_accuracy"]
-    return (f"{warmup['steps']} steps on {warmup['questions']} told-answer multiple-choice questions "
-            f"(train/binding_warmup.py; loss {warmup['first_loss']:.2f} -> {warmup['last_loss']:.2f}, the told "
+    given = "the option's text before its letter" if warmup.get("form") == OPTION_AND_LETTER else "told"
+    return (f"{warmup['steps']} steps on {warmup['questions']} multiple-choice questions, the answer {given} "
+            f"(train/binding_warmup.py; loss {warmup['first_loss']:.2f} -> {warmup['last_loss']:.2f}, the given "
             f"option's letter on {warmup['held_out']} held-out questions {100 * accuracy['before']:.1f}% -> "
             f"{100 * accuracy['after']:.1f}%, chance {100 * accuracy['chance']:.1f}%)")
 
