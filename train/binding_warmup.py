@@ -113,7 +113,8 @@ def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWa
     after = told_accuracy(model, held_out)
     span = max(1, min(SUMMARY_STEPS, len(history) // 2))
     chance = sum(1 / len(q.options) for q in questions[:held_out_count]) / held_out_count
-    result = {"steps": config.steps, "form": form, "questions": len(train), "held_out": held_out_count, "skipped": dict(counts),
+    result = {"steps": config.steps, "form": form, "questions": len(train), "held_out": held_out_count,
+              "skipped": dict(counts),
               "first_loss": round(sum(history[:span]) / span, 4), "last_loss": round(sum(history[-span:]) / span, 4),
               "held_out_accuracy": {"before": before, "after": after, "chance": chance}}
     logger.info("binding warm-up: %d steps on %d questions, loss %.3f -> %.3f, the given answer's letter on %d "

@@ -41,8 +41,8 @@ def test_the_loader_trains_the_option_form_on_the_answer_tokens(builder, tmp_pat
 
     record = SampleRecord(key="mc_00000", category="Cat", split="train", seed=0, caption="c",
                           conversations=CONVERSATION)
-    tar = write_tar(tmp_path / "s" / "mc-00000.tar", [{"__key__": "mc_00000", "json": json.dumps(record.to_json_dict()).encode(),
-                                                       "jpg": image_bytes(0)}])
+    sample = {"__key__": "mc_00000", "json": json.dumps(record.to_json_dict()).encode(), "jpg": image_bytes(0)}
+    tar = write_tar(tmp_path / "s" / "mc-00000.tar", [sample])
     write_sizes(tmp_path / "s", [tar], [1])
     tokenizer = builder.tokenizer
     answers = {}
