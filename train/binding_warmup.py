@@ -159,7 +159,7 @@ def _fit(model: FusionModel, questions: list[ChoiceQuestion], config: BindingWar
 
 @torch.no_grad()
 def told_accuracy(model: FusionModel, conversations: list[list[dict[str, str]]]) -> float:
-    """How often greedy decoding writes the told option's letter (the answer's last token)."""
+    """How often greedy decoding writes the given option's letter (the answer's last token)."""
     was_training = model.training
     model.eval()
     try:

@@ -177,7 +177,8 @@ class VisionWarmupConfig(Strict):
 
 
 class BindingWarmupConfig(Strict):
-    """Told-answer multiple choice for a decoder built from scratch (train/binding_warmup.py); 0 steps: off."""
+    """Multiple choice with its answer given (told, or as the option's text before the letter) for a decoder built
+    from scratch (train/binding_warmup.py); 0 steps: off."""
 
     steps: int = Field(0, ge=0, description="Warm-up steps before step 0 (text-only, the language model alone)")
     lr: float = Field(3e-4, gt=0, description="Constant after the ramp (benchmarks/option_lookup_lr.py: the lookup "

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from train.binding_warmup import RESULT_FILE as BINDING_FILE
 from train.choices import OPTION_AND_LETTER
 from train.config import TrainConfig, train_config_from_section
 from train.evaluate import evaluate, format_table
 from train.report import LOSS_CURVE, write_report
 from train.trainer import CONFIG_FILE, train
-from train.binding_warmup import RESULT_FILE as BINDING_FILE
 from train.vision_warmup import RESULT_FILE as WARMUP_FILE
 
 logger = logging.getLogger(__name__)
