@@ -174,6 +174,10 @@ class VisionWarmupConfig(Strict):
         False, description="With TUNE: the answer is also read from the mean image token through the projector and "
         "the LLM's final norm and output embeddings (the answer's first token), so the tower's answer lands where "
         "the decoder writes its own; trains the projector, the final norm and the output embeddings too")
+    realign_steps: int = Field(
+        0, ge=0, description="With answer_through_llm and a binding warm-up: steps after the binding warm-up that "
+        "train the projector alone to read the image's answers through the output path again (the binding warm-up "
+        "retrained that path on option text; the decoder and its option lookup are left as they are)")
 
 
 class BindingWarmupConfig(Strict):
@@ -216,6 +220,14 @@ class TrainConfig(Strict):
     def _has_length(self) -> TrainConfig:
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set epochs or max_steps")
+        return self
+
+    @model_validator(mode="after")
+    def _realign_has_what_it_realigns(self) -> TrainConfig:
+        warmup = self.vision_warmup
+        if warmup.realign_steps and not (warmup.steps and warmup.answer_through_llm and self.binding_warmup.steps):
+            raise ValueError("vision_warmup.realign_steps needs vision_warmup.steps > 0 with answer_through_llm: "
+                             "true and binding_warmup.steps > 0 (it realigns what the binding warm-up moved)")
         return self
 
     def total_steps(self, steps_per_epoch: int) -> int:

@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
+from model.fusion import FusionModel
 from model.loss import supervised_token_count
+from train.answer_realignment import realign_answers
 from train.binding_warmup import warm_up_binding
 from train.checkpoint import (
     TrainerState,
@@ -38,7 +40,7 @@ from train.loader import LoaderPosition, ShardLoader, TrainBatch, bad_count
 from train.metrics import METRICS_FILE, MetricsLogger
 from train.modeling import build_model
 from train.optim import build_optimizer, build_scheduler
-from train.sources import resolve_sources
+from train.sources import Source, resolve_sources
 from train.vision_warmup import warm_up_vision
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,25 @@ def train(config: TrainConfig, out: Path, *, data: str | None = None, resume: st
         torch.use_deterministic_algorithms(previous)
 
 
+def _warm_up(model: FusionModel, sources: list[Source], config: TrainConfig, out: Path, info: DistInfo) -> None:
+    """The configured warm-ups of a new run: the vision tower, then the decoder's option lookup (the vision warm-up
+    after it undid the lookup: the letter matched the written option text 11-32% of the time for counts and colours,
+    73-82% before), then the projector realigned to the output path the lookup's training moved. Every rank warms
+    the same way from the same seed; rank 0's warmed modules are then the ones all ranks keep."""
+    progress = config.log.progress and info.is_main
+    result_dir = out if info.is_main else None
+    if config.vision_warmup.steps:
+        warm_up_vision(model, sources, config.vision_warmup, config.seed, result_dir, progress=progress)
+        broadcast_parameters(model)
+    if config.binding_warmup.steps:
+        warm_up_binding(model, sources, config.binding_warmup, config.seed, result_dir, progress=progress,
+                        form=config.data.multiple_choice_answer)
+        broadcast_parameters(model)
+    if config.vision_warmup.realign_steps:
+        realign_answers(model, sources, config.vision_warmup, config.seed, result_dir, progress=progress)
+        broadcast_parameters(model)
+
+
 def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | None, stop_after: int | None,
            info: DistInfo | None) -> TrainResult:
     started = time.perf_counter()
@@ -96,16 +117,8 @@ def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | No
     sources = resolve_sources(config.data.sources, config.seed)
     model = build_model(config.model, seed=config.seed, sources=sources, out=out, info=info)
     checkpoint = resolve_checkpoint(out, resume) if resume else None
-    if checkpoint is None and config.vision_warmup.steps:
-        # Every rank warms the same way from the same seed; rank 0's warmed modules (the tower and, with TUNE, the
-        # text's way in and out) are then the ones all ranks keep.
-        warm_up_vision(model, sources, config.vision_warmup, config.seed, out if info.is_main else None,
-                       progress=config.log.progress and info.is_main)
-        broadcast_parameters(model)
-    if checkpoint is None and config.binding_warmup.steps:
-        warm_up_binding(model, sources, config.binding_warmup, config.seed, out if info.is_main else None,
-                        progress=config.log.progress and info.is_main, form=config.data.multiple_choice_answer)
-        broadcast_parameters(model)
+    if checkpoint is None:
+        _warm_up(model, sources, config, out, info)
     model.uniform_execution = True  # same modules on every rank each step (text-only batches included)
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()

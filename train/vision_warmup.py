@@ -211,10 +211,15 @@ def warmup_losses(model: FusionModel, heads: WarmupHeads, examples: list[WarmupE
     losses["answer"] = _cross_entropy(logits, targets)
     if answer_tokens is not None:
         first_tokens = torch.where(targets >= 0, answer_tokens[targets.clamp(min=0)], -100)
-        mean_token = model.mm_projector(features.to(model.mm_projector[0].weight.dtype)).mean(dim=1)
-        llm_logits = model.language_model.get_output_embeddings()(final_norm(model)(mean_token))
-        losses["answer_llm"] = _cross_entropy(llm_logits, first_tokens)
+        losses["answer_llm"] = _cross_entropy(logits_through_llm(model, features), first_tokens)
     return losses
+
+
+def logits_through_llm(model: FusionModel, features: torch.Tensor) -> torch.Tensor:
+    """(N, vocab) logits of the mean image token of (N, P, C) tower features after the projector, read through the
+    LLM's final norm and output embeddings."""
+    mean_token = model.mm_projector(features.to(model.mm_projector[0].weight.dtype)).mean(dim=1)
+    return model.language_model.get_output_embeddings()(final_norm(model)(mean_token))
 
 
 def answer_first_tokens(model: FusionModel, answers: Sequence[str]) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from generators.procedural.labels import NO_CENTRE
 from pipeline.record import SampleRecord
 from tests.train.conftest import plain_shards
+from train.answer_realignment import RESULT_FILE as REALIGNMENT_RESULT_FILE
 from train.binding_warmup import RESULT_FILE as BINDING_RESULT_FILE
 from train.checkpoint import resolve_checkpoint
 from train.config import SourceSpec, VisionWarmupConfig, load_train_config
@@ -144,14 +145,16 @@ def test_without_tune_the_tower_is_warmed_on_images_alone(small_dataset, tmp_pat
 
 def test_a_resumed_run_continues_exactly_and_does_not_warm_up_again(small_dataset, tmp_path, caplog):
     config = load_train_config("tiny", ["vision_warmup.steps=6", "vision_warmup.batch_size=4",
+                                        "vision_warmup.answer_through_llm=true", "vision_warmup.realign_steps=2",
                                         "binding_warmup.steps=3", "binding_warmup.batch_size=4"])
     straight = train(config, tmp_path / "straight", data=str(small_dataset))
-    assert (straight.out / BINDING_RESULT_FILE).is_file()
+    assert (straight.out / BINDING_RESULT_FILE).is_file() and (straight.out / REALIGNMENT_RESULT_FILE).is_file()
     train(config, tmp_path / "resumed", data=str(small_dataset), stop_after=2)
     caplog.clear()
     with caplog.at_level("INFO"):
         resumed = train(config, tmp_path / "resumed", data=str(small_dataset), resume="latest")
-    assert not [r for r in caplog.records if "warm-up" in r.getMessage()]  # neither warm-up runs again
+    # no warm-up runs again
+    assert not [r for r in caplog.records if "warm-up" in r.getMessage() or "realignment" in r.getMessage()]
     assert [r["loss"] for r in read_metrics(resumed.metrics)] == [r["loss"] for r in read_metrics(straight.metrics)]
     assert resolve_checkpoint(tmp_path / "resumed", "latest") is not None
     # the warm-up changed the tower the training started from
