@@ -1,7 +1,7 @@
 """The second half of `fusion run`: train on the synthesized shards, evaluate on the held-out ones, write the report.
 
     OUT/dataset/   the synthesized dataset (shards, manifest, card)
-    OUT/train/     train_config.yaml, tokenizer/, vision_warmup.json, checkpoints/, metrics.jsonl, tensorboard/
+    OUT/train/     train_config.yaml, tokenizer/, the warm-ups' results, checkpoints/, metrics.jsonl, tensorboard/
     OUT/eval/      predictions.jsonl, results.json
     OUT/report.md  loss curve, accuracy tables beside the baselines, learning checks, where everything is
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from train.answer_realignment import RESULT_FILE as REALIGNMENT_FILE
 from train.binding_warmup import RESULT_FILE as BINDING_FILE
 from train.choices import OPTION_AND_LETTER
 from train.config import TrainConfig, train_config_from_section
@@ -62,6 +63,7 @@ def train_and_evaluate(config: TrainConfig, dataset: Path, out: Path, *, synthes
         else f"`{config.model.preset}` from `{config.model.init_from}`",
         "vision warm-up": _warmup_summary(out / TRAIN_DIR / WARMUP_FILE),
         "binding warm-up": _binding_summary(out / TRAIN_DIR / BINDING_FILE),
+        "answer realignment": _realignment_summary(out / TRAIN_DIR / REALIGNMENT_FILE),
         "optimizer steps": f"{result.steps} of {result.total_steps} (global batch {config.batch.global_batch})",
         "held-out questions": results["items"],
         "training time": f"{train_seconds:.0f} s (this invocation)",
@@ -79,6 +81,8 @@ def train_and_evaluate(config: TrainConfig, dataset: Path, out: Path, *, synthes
         paths["vision warm-up losses"] = out / TRAIN_DIR / WARMUP_FILE
     if (out / TRAIN_DIR / BINDING_FILE).is_file():
         paths["binding warm-up"] = out / TRAIN_DIR / BINDING_FILE
+    if (out / TRAIN_DIR / REALIGNMENT_FILE).is_file():
+        paths["answer realignment"] = out / TRAIN_DIR / REALIGNMENT_FILE
     report = write_report(out, results=results, paths=paths, summary=summary)
     passed = all(check["passed"] for check in results["checks"])
     print(f"report:  {report}")
@@ -95,6 +99,16 @@ def _binding_summary(path: Path) -> str:
             f"(train/binding_warmup.py; loss {warmup['first_loss']:.2f} -> {warmup['last_loss']:.2f}, the given "
             f"option's letter on {warmup['held_out']} held-out questions {100 * accuracy['before']:.1f}% -> "
             f"{100 * accuracy['after']:.1f}%, chance {100 * accuracy['chance']:.1f}%)")
+
+
+def _realignment_summary(path: Path) -> str:
+    if not path.is_file():
+        return "none"
+    realignment = json.loads(path.read_text())
+    accuracy = realignment["held_out_first_token_accuracy"]
+    return (f"{realignment['steps']} projector steps (train/answer_realignment.py; the answer's first token read "
+            f"from the image through the LLM's output path on {realignment['held_out']} held-out questions "
+            f"{100 * accuracy['before']:.1f}% -> {100 * accuracy['after']:.1f}%)")
 
 
 def _warmup_summary(path: Path) -> str:
