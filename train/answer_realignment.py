@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from model.fusion import FusionModel
 from pipeline.fileio import atomic_write_text
 from train.config import VisionWarmupConfig
-from train.optim import lr_factor
+from train.optim import fit_steps
 from train.sources import Source
 from train.vision_warmup import (
     VisionWarmupError,
@@ -83,25 +82,14 @@ def _fit(model: FusionModel, questions: list[tuple[WarmupExample, int]], target_
     parameters = [p for p in model.mm_projector.parameters() if p.requires_grad]
     if not parameters:
         raise VisionWarmupError("vision_warmup.realign_steps > 0 but the projector is frozen (model.trainable)")
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
-    steps = config.realign_steps
-    ramp = max(1, int(config.warmup_ratio * steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, ramp, "cosine", 0.0))
-    history: list[float] = []
-    with tqdm(total=steps, desc="answer realignment", unit="step", disable=not progress) as bar:
-        for _ in range(steps):
-            batch = [questions[rng.randrange(len(questions))] for _ in range(config.batch_size)]
-            logits, targets = _logits_and_targets(model, batch, target_of)
-            loss = nn.functional.cross_entropy(logits, targets)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            schedule.step()
-            history.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]:.3f}")
-    return history
+
+    def step_loss() -> torch.Tensor:
+        batch = [questions[rng.randrange(len(questions))] for _ in range(config.batch_size)]
+        return nn.functional.cross_entropy(*_logits_and_targets(model, batch, target_of))
+
+    return fit_steps(parameters, step_loss, steps=config.realign_steps, lr=config.lr,
+                     warmup_ratio=config.warmup_ratio, schedule="cosine", desc="answer realignment",
+                     progress=progress)
 
 
 def _logits_and_targets(model: FusionModel, batch: list[tuple[WarmupExample, int]], target_of: dict[str, int]

@@ -31,14 +31,13 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from model.fusion import FusionModel
 from pipeline.fileio import atomic_write_text
 from train.choices import LETTER, AnswerForm, ChoiceQuestion, answer_in_form, choice_question
 from train.config import BindingWarmupConfig
 from train.loader import shard_samples
-from train.optim import lr_factor
+from train.optim import fit_steps
 from train.sources import Source
 
 logger = logging.getLogger(__name__)
@@ -127,34 +126,22 @@ def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWa
 
 def _fit(model: FusionModel, questions: list[ChoiceQuestion], config: BindingWarmupConfig,
          parameters: list[torch.nn.Parameter], rng: random.Random, progress: bool, form: AnswerForm) -> list[float]:
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
-    ramp = max(1, int(config.warmup_ratio * config.steps))
-    # constant after the ramp: the circuit forms late and suddenly; a cosine would have lowered the LR by then
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, config.steps, ramp, "constant", 1.0))
     builder = model.sequence_builder
     device = model.mm_projector[0].weight.device
-    history: list[float] = []
+
+    def step_loss() -> torch.Tensor:
+        conversations = [told_conversation(questions[rng.randrange(len(questions))], rng, form)
+                         for _ in range(config.batch_size)]
+        return model(builder.collate([(None, c) for c in conversations], latent_count=0).to(device)).lm_loss
+
     was_training = model.training
     model.train()
     try:
-        with tqdm(total=config.steps, desc="binding warm-up", unit="step", disable=not progress) as bar:
-            for _ in range(config.steps):
-                conversations = [told_conversation(questions[rng.randrange(len(questions))], rng, form)
-                                 for _ in range(config.batch_size)]
-                batch = builder.collate([(None, c) for c in conversations], latent_count=0).to(device)
-                loss = model(batch).lm_loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                schedule.step()
-                history.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]:.3f}")
+        # constant after the ramp: the circuit forms late and suddenly; a cosine would have lowered the LR by then
+        return fit_steps(parameters, step_loss, steps=config.steps, lr=config.lr, warmup_ratio=config.warmup_ratio,
+                         schedule="constant", desc="binding warm-up", progress=progress)
     finally:
         model.train(was_training)
-    return history
 
 
 @torch.no_grad()

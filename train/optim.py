@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import torch
+from tqdm import tqdm
 
 from model.fusion import FusionModel
 from train.config import OptimSection
@@ -60,3 +62,27 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSection, total
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, optim.schedule, optim.min_lr_ratio)
     )
+
+
+def fit_steps(parameters: list[torch.nn.Parameter], step_loss: Callable[[], torch.Tensor], *, steps: int, lr: float,
+              warmup_ratio: float, schedule: str, desc: str, progress: bool = True) -> list[float]:
+    """`steps` AdamW steps (no weight decay, gradients clipped at 1.0) on the loss `step_loss` returns for a new
+    batch each call, the LR ramped over `warmup_ratio` of them, then `schedule` ("cosine" to 0 or "constant");
+    returns each step's loss. The warm-ups' loop."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    ramp = max(1, int(warmup_ratio * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, ramp, schedule, 0.0))
+    history: list[float] = []
+    with tqdm(total=steps, desc=desc, unit="step", disable=not progress) as bar:
+        for _ in range(steps):
+            loss = step_loss()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            history.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1]:.3f}")
+    return history
+
