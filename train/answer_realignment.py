@@ -25,7 +25,7 @@ from torch import nn
 from model.fusion import FusionModel
 from pipeline.fileio import atomic_write_text
 from train.config import VisionWarmupConfig
-from train.optim import fit_steps
+from train.optim import first_and_last_losses, fit_steps
 from train.sources import Source
 from train.vision_warmup import (
     VisionWarmupError,
@@ -63,11 +63,10 @@ def realign_answers(model: FusionModel, sources: list[Source], config: VisionWar
     first_tokens = answer_first_tokens(model, answers).tolist()
     target_of = {answer: token for answer, token in zip(answers, first_tokens, strict=True)}
     before = output_path_accuracy(model, held_out, target_of)
-    history = _fit(model, train, target_of, config, rng, progress)
+    first, last = first_and_last_losses(_fit(model, train, target_of, config, rng, progress))
     after = output_path_accuracy(model, held_out, target_of)
     result = {"steps": config.realign_steps, "questions": len(train), "held_out": held_out_count,
-              "first_loss": round(sum(history[:20]) / max(1, len(history[:20])), 4),
-              "last_loss": round(sum(history[-20:]) / max(1, len(history[-20:])), 4),
+              "first_loss": first["loss"], "last_loss": last["loss"],
               "held_out_first_token_accuracy": {"before": before, "after": after}}
     logger.info("answer realignment: %d projector steps, the answer's first token through the output path on %d "
                 "held-out questions %.1f%% -> %.1f%%", config.realign_steps, held_out_count, 100 * before,
@@ -78,16 +77,16 @@ def realign_answers(model: FusionModel, sources: list[Source], config: VisionWar
 
 
 def _fit(model: FusionModel, questions: list[tuple[WarmupExample, int]], target_of: dict[str, int],
-         config: VisionWarmupConfig, rng: random.Random, progress: bool) -> list[float]:
+         config: VisionWarmupConfig, rng: random.Random, progress: bool) -> list[dict[str, float]]:
     parameters = [p for p in model.mm_projector.parameters() if p.requires_grad]
     if not parameters:
         raise VisionWarmupError("vision_warmup.realign_steps > 0 but the projector is frozen (model.trainable)")
 
-    def step_loss() -> torch.Tensor:
+    def step_losses() -> dict[str, torch.Tensor]:
         batch = [questions[rng.randrange(len(questions))] for _ in range(config.batch_size)]
-        return nn.functional.cross_entropy(*_logits_and_targets(model, batch, target_of))
+        return {"loss": nn.functional.cross_entropy(*_logits_and_targets(model, batch, target_of))}
 
-    return fit_steps(parameters, step_loss, steps=config.realign_steps, lr=config.lr,
+    return fit_steps(parameters, step_losses, steps=config.realign_steps, lr=config.lr,
                      warmup_ratio=config.warmup_ratio, schedule="cosine", desc="answer realignment",
                      progress=progress)
 

@@ -37,7 +37,7 @@ from pipeline.fileio import atomic_write_text
 from train.choices import LETTER, AnswerForm, ChoiceQuestion, answer_in_form, choice_question
 from train.config import BindingWarmupConfig
 from train.loader import shard_samples
-from train.optim import fit_steps
+from train.optim import first_and_last_losses, fit_steps
 from train.sources import Source
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 RESULT_FILE = "binding_warmup.json"
 MAX_HELD_OUT = 256  # questions kept out of the warm-up to measure it (a fifth of them when there are fewer)
 MIN_QUESTIONS = 10
-SUMMARY_STEPS = 20
 
 
 class BindingWarmupError(ValueError):
@@ -110,11 +109,11 @@ def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWa
     before = told_accuracy(model, held_out)
     history = _fit(model, train, config, parameters, rng, progress, form)
     after = told_accuracy(model, held_out)
-    span = max(1, min(SUMMARY_STEPS, len(history) // 2))
+    first, last = first_and_last_losses(history)
     chance = sum(1 / len(q.options) for q in questions[:held_out_count]) / held_out_count
     result = {"steps": config.steps, "form": form, "questions": len(train), "held_out": held_out_count,
               "skipped": dict(counts),
-              "first_loss": round(sum(history[:span]) / span, 4), "last_loss": round(sum(history[-span:]) / span, 4),
+              "first_loss": first["loss"], "last_loss": last["loss"],
               "held_out_accuracy": {"before": before, "after": after, "chance": chance}}
     logger.info("binding warm-up: %d steps on %d questions, loss %.3f -> %.3f, the given answer's letter on %d "
                 "held-out questions %.1f%% -> %.1f%% (chance %.1f%%)", config.steps, len(train),
@@ -125,20 +124,21 @@ def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWa
 
 
 def _fit(model: FusionModel, questions: list[ChoiceQuestion], config: BindingWarmupConfig,
-         parameters: list[torch.nn.Parameter], rng: random.Random, progress: bool, form: AnswerForm) -> list[float]:
+         parameters: list[torch.nn.Parameter], rng: random.Random, progress: bool, form: AnswerForm
+         ) -> list[dict[str, float]]:
     builder = model.sequence_builder
     device = model.mm_projector[0].weight.device
 
-    def step_loss() -> torch.Tensor:
+    def step_losses() -> dict[str, torch.Tensor]:
         conversations = [told_conversation(questions[rng.randrange(len(questions))], rng, form)
                          for _ in range(config.batch_size)]
-        return model(builder.collate([(None, c) for c in conversations], latent_count=0).to(device)).lm_loss
+        return {"loss": model(builder.collate([(None, c) for c in conversations], latent_count=0).to(device)).lm_loss}
 
     was_training = model.training
     model.train()
     try:
         # constant after the ramp: the circuit forms late and suddenly; a cosine would have lowered the LR by then
-        return fit_steps(parameters, step_loss, steps=config.steps, lr=config.lr, warmup_ratio=config.warmup_ratio,
+        return fit_steps(parameters, step_losses, steps=config.steps, lr=config.lr, warmup_ratio=config.warmup_ratio,
                          schedule="constant", desc="binding warm-up", progress=progress)
     finally:
         model.train(was_training)

@@ -64,25 +64,37 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSection, total
     )
 
 
-def fit_steps(parameters: list[torch.nn.Parameter], step_loss: Callable[[], torch.Tensor], *, steps: int, lr: float,
-              warmup_ratio: float, schedule: str, desc: str, progress: bool = True) -> list[float]:
-    """`steps` AdamW steps (no weight decay, gradients clipped at 1.0) on the loss `step_loss` returns for a new
-    batch each call, the LR ramped over `warmup_ratio` of them, then `schedule` ("cosine" to 0 or "constant");
-    returns each step's loss. The warm-ups' loop."""
+def fit_steps(parameters: list[torch.nn.Parameter], step_losses: Callable[[], dict[str, torch.Tensor]], *,
+              steps: int, lr: float, warmup_ratio: float, schedule: str, desc: str,
+              progress: bool = True) -> list[dict[str, float]]:
+    """`steps` AdamW steps (no weight decay, gradients clipped at 1.0) on the sum of the named losses `step_losses`
+    returns for a new batch each call, the LR ramped over `warmup_ratio` of them, then `schedule` ("cosine" to 0 or
+    "constant"); returns each step's named losses. The warm-ups' loop."""
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     ramp = max(1, int(warmup_ratio * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, ramp, schedule, 0.0))
-    history: list[float] = []
+    history: list[dict[str, float]] = []
     with tqdm(total=steps, desc=desc, unit="step", disable=not progress) as bar:
         for _ in range(steps):
-            loss = step_loss()
-            loss.backward()
+            losses = step_losses()
+            total = sum(losses.values())
+            total.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            history.append(float(loss.detach()))
+            history.append({name: float(value.detach()) for name, value in losses.items()})
             bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]:.3f}")
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
     return history
 
+
+def first_and_last_losses(history: list[dict[str, float]], span: int = 20) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean named losses of the first and of the last `span` steps (at most half the steps each, so they never
+    overlap): single batches are too noisy to compare."""
+    span = max(1, min(span, len(history) // 2))
+
+    def mean(steps: list[dict[str, float]]) -> dict[str, float]:
+        return {name: round(sum(step[name] for step in steps) / len(steps), 4) for name in steps[0]} if steps else {}
+
+    return mean(history[:span]), mean(history[-span:])

@@ -56,7 +56,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from generators.procedural.labels import COLOUR_CLASSES, MAX_SHAPE_COUNT, NO_CENTRE, SHAPE_CLASSES, scene_labels
 from generators.procedural.vocabulary import BACKGROUND_STYLES, OBJECT_COLORS, SHAPES
@@ -66,14 +65,13 @@ from pipeline.fileio import atomic_write_text
 from pipeline.record import SampleRecord
 from train.config import VisionWarmupConfig
 from train.loader import image_member, shard_samples
-from train.optim import lr_factor
+from train.optim import first_and_last_losses, fit_steps
 from train.scoring import normalize_answer
 from train.sources import Source
 
 logger = logging.getLogger(__name__)
 
 RESULT_FILE = "vision_warmup.json"
-SUMMARY_STEPS = 20
 
 
 class VisionWarmupError(ValueError):
@@ -283,8 +281,7 @@ def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarm
     if counts:
         logger.info("vision warm-up: %d examples, skipped %s", len(examples), dict(counts))
     _, history = fit_warmup_heads(model, examples, config, seed, progress)
-    span = max(1, min(SUMMARY_STEPS, len(history) // 2))  # single batches are noisy: means of the first and last steps
-    first, last = _mean_losses(history[:span]), _mean_losses(history[-span:])
+    first, last = first_and_last_losses(history)
     result = {"steps": config.steps, "examples": len(examples), "skipped": dict(counts), "first_losses": first,
               "last_losses": last}
     logger.info("vision warm-up: %d steps on %d examples, losses %s -> %s", config.steps, len(examples), first, last)
@@ -323,32 +320,20 @@ def fit_warmup_heads(model: FusionModel, examples: list[WarmupExample], config: 
 
 def _fit(model: FusionModel, heads: WarmupHeads, examples: list[WarmupExample], config: VisionWarmupConfig,
          parameters: list[nn.Parameter], seed: int, progress: bool) -> list[dict[str, float]]:
-    """The optimisation steps of `fit_warmup_heads`; returns the per-step losses."""
-    history: list[dict[str, float]] = []
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
-    ramp = max(1, int(config.warmup_ratio * config.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, config.steps, ramp, "cosine", 0.0))  # the main training's shape
+    """The optimisation steps of `fit_warmup_heads` (a cosine schedule, the main training's shape); returns the
+    per-step losses."""
     order = random.Random(seed)
     answers = heads.answer is not None
     # tokenized once here, not per step
     answer_tokens = (answer_first_tokens(model, heads.answers).to(_device(model))
                      if answers and config.answer_through_llm else None)
-    with tqdm(total=config.steps, desc="vision warm-up", unit="step", disable=not progress) as bar:
-        for _ in range(config.steps):
-            batch = [examples[order.randrange(len(examples))] for _ in range(config.batch_size)]
-            losses = warmup_losses(model, heads, batch, answer_turns(order, batch) if answers else None,
-                                   answer_tokens)
-            total = sum(losses.values())
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            schedule.step()
-            history.append({name: float(value.detach()) for name, value in losses.items()})
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
-    return history
+
+    def step_losses() -> dict[str, torch.Tensor]:
+        batch = [examples[order.randrange(len(examples))] for _ in range(config.batch_size)]
+        return warmup_losses(model, heads, batch, answer_turns(order, batch) if answers else None, answer_tokens)
+
+    return fit_steps(parameters, step_losses, steps=config.steps, lr=config.lr, warmup_ratio=config.warmup_ratio,
+                     schedule="cosine", desc="vision warm-up", progress=progress)
 
 
 @torch.no_grad()
@@ -406,10 +391,6 @@ def warmed_modules(model: FusionModel, through_llm: bool = False) -> list[nn.Mod
     if through_llm:
         modules += [model.mm_projector, final_norm(model), model.language_model.get_output_embeddings()]
     return modules
-
-
-def _mean_losses(steps: list[dict[str, float]]) -> dict[str, float]:
-    return {name: round(sum(step[name] for step in steps) / len(steps), 4) for name in steps[0]} if steps else {}
 
 
 def _device(model: FusionModel) -> torch.device:
