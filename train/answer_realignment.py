@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -45,12 +46,15 @@ EVAL_BATCH = 64
 
 
 def realign_answers(model: FusionModel, sources: list[Source], config: VisionWarmupConfig, seed: int,
-                    out: Path | None = None, progress: bool = True) -> dict:
+                    out: Path | None = None, progress: bool = True,
+                    examples_read: tuple[list[WarmupExample], Counter] | None = None) -> dict:
     """Train `model.mm_projector` alone for `config.realign_steps` steps on the answers' first tokens through the
-    LLM's output path; returns (and saves) the held-out first-token accuracy before and after."""
+    LLM's output path; returns (and saves) the held-out first-token accuracy before and after. `examples_read`:
+    `warmup_examples(model, sources, config.max_images)` when the caller has read them already (the vision
+    warm-up's)."""
     if not model.config.use_tune:
         raise VisionWarmupError("vision_warmup.realign_steps: the tower reads no question without TUNE (use_tune)")
-    examples, _ = warmup_examples(model, sources, config.max_images)
+    examples, _ = examples_read or warmup_examples(model, sources, config.max_images)
     answers = answers_of(examples)
     questions = [(e, t) for e in examples for t, answer in enumerate(e.turn_answers) if answer in answers]
     if not questions:

@@ -41,7 +41,7 @@ from train.metrics import METRICS_FILE, MetricsLogger
 from train.modeling import build_model
 from train.optim import build_optimizer, build_scheduler
 from train.sources import Source, resolve_sources
-from train.vision_warmup import warm_up_vision
+from train.vision_warmup import warm_up_vision, warmup_examples
 
 logger = logging.getLogger(__name__)
 
@@ -90,15 +90,20 @@ def _warm_up(model: FusionModel, sources: list[Source], config: TrainConfig, out
     the same way from the same seed; rank 0's warmed modules are then the ones all ranks keep."""
     progress = config.log.progress and info.is_main
     result_dir = out if info.is_main else None
+    # read from the shards once: the realignment trains on the vision warm-up's examples
+    examples_read = (warmup_examples(model, sources, config.vision_warmup.max_images)
+                     if config.vision_warmup.steps else None)
     if config.vision_warmup.steps:
-        warm_up_vision(model, sources, config.vision_warmup, config.seed, result_dir, progress=progress)
+        warm_up_vision(model, sources, config.vision_warmup, config.seed, result_dir, progress=progress,
+                       examples_read=examples_read)
         broadcast_parameters(model)
     if config.binding_warmup.steps:
         warm_up_binding(model, sources, config.binding_warmup, config.seed, result_dir, progress=progress,
                         form=config.data.multiple_choice_answer)
         broadcast_parameters(model)
     if config.vision_warmup.realign_steps:
-        realign_answers(model, sources, config.vision_warmup, config.seed, result_dir, progress=progress)
+        realign_answers(model, sources, config.vision_warmup, config.seed, result_dir, progress=progress,
+                        examples_read=examples_read)
         broadcast_parameters(model)
 
 

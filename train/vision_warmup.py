@@ -268,11 +268,13 @@ def dense_losses(heads: WarmupHeads, features: torch.Tensor, examples: list[Warm
 
 
 def warm_up_vision(model: FusionModel, sources: list[Source], config: VisionWarmupConfig, seed: int,
-                   out: Path | None = None, progress: bool = True) -> dict:
-    """Train ``model.vision`` on dense scene targets for ``config.steps`` steps; returns (and saves) the losses."""
+                   out: Path | None = None, progress: bool = True,
+                   examples_read: tuple[list[WarmupExample], Counter] | None = None) -> dict:
+    """Train ``model.vision`` on dense scene targets for ``config.steps`` steps; returns (and saves) the losses.
+    `examples_read`: `warmup_examples(model, sources, config.max_images)` when the caller has read them already."""
     if not any(p.requires_grad for p in model.vision.parameters()):
         raise VisionWarmupError("vision_warmup.steps > 0 but the vision tower is frozen (model.trainable)")
-    examples, counts = warmup_examples(model, sources, config.max_images)
+    examples, counts = examples_read or warmup_examples(model, sources, config.max_images)
     if not examples:
         raise VisionWarmupError(
             f"vision_warmup: none of the training sources ({', '.join(s.name for s in sources)}) has a sample "
