@@ -498,7 +498,10 @@ class FusionModel(nn.Module):
     def vit_text_guide(self, vit_text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """TUNE's text for the ViT: the LLM's embeddings of the question ids and their aux-projected guide."""
         question_embeddings = self.language_model.get_input_embeddings()(vit_text_ids)
-        return question_embeddings, self.aux_projector(question_embeddings)
+        guide_input = question_embeddings
+        if self.config.tune.normalize_guide_input:
+            guide_input = question_embeddings * torch.rsqrt(question_embeddings.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return question_embeddings, self.aux_projector(guide_input)
 
     def encode_images(self, batch: FusionBatch, compute_dsm: bool) -> _ImageFeatures:
         pixels = batch.pixel_values  # the tower's embedding casts pixels to its own dtype

@@ -459,3 +459,18 @@ def test_answer_log_likelihood_scores_the_last_answer_alone_whatever_the_batch(t
     assert alone.last_greedy == bool(logits[kept][-1].argmax() == targets[kept][-1])
     with pytest.raises(ValueError, match="2 images for 1 conversations"):
         tiny_model.answer_log_likelihoods([None, None], [TEXT_CONVERSATION])
+
+
+@pytest.mark.parametrize("normalized", [True, False])
+def test_a_normalized_guide_input_ignores_the_scale_of_the_question_embeddings(tiny_checkpoints, normalized):
+    config = tiny_config(tiny_checkpoints)
+    torch.manual_seed(0)
+    model = FusionModel.from_config(config.replace(tune=dataclasses.replace(config.tune,
+                                                                          normalize_guide_input=normalized)))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    embeddings, guide = model.vit_text_guide(ids)
+    with torch.no_grad():
+        model.language_model.get_input_embeddings().weight.mul_(10.0)
+    scaled_embeddings, scaled_guide = model.vit_text_guide(ids)
+    assert torch.allclose(scaled_embeddings, 10.0 * embeddings)  # the DSM text target keeps the raw embeddings
+    assert torch.allclose(scaled_guide, guide, atol=2e-3) == normalized  # (up to the norm's epsilon)
