@@ -47,9 +47,9 @@ def binding_row(run: Path, split: str) -> dict[str, float]:
     right = present = random_draw = count = 0.0
     for line in (run / EVAL_DIR / PREDICTIONS_FILE).read_text().splitlines():
         item = json.loads(line)
-        if item["question_type"] != QUESTION_TYPE or item["kind"] != SHORT or not colours.get(item["key"]):
+        in_image = colours.get(item["key"])
+        if item["question_type"] != QUESTION_TYPE or item["kind"] != SHORT or not in_image:
             continue
-        in_image = colours[item["key"]]
         count += 1
         right += item["score"]
         present += normalize_answer(item["prediction"]) in in_image

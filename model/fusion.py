@@ -499,8 +499,8 @@ class FusionModel(nn.Module):
         """TUNE's text for the ViT: the LLM's embeddings of the question ids and their aux-projected guide."""
         question_embeddings = self.language_model.get_input_embeddings()(vit_text_ids)
         guide_input = question_embeddings
-        if self.config.tune.normalize_guide_input:
-            guide_input = question_embeddings * torch.rsqrt(question_embeddings.pow(2).mean(-1, keepdim=True) + 1e-6)
+        if self.config.tune.normalize_guide_input:  # parameter-free: nothing new to train or checkpoint
+            guide_input = F.rms_norm(question_embeddings, question_embeddings.shape[-1:], eps=1e-6)
         return question_embeddings, self.aux_projector(guide_input)
 
     def encode_images(self, batch: FusionBatch, compute_dsm: bool) -> _ImageFeatures:
