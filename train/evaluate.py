@@ -58,6 +58,7 @@ from train.scoring import (
     score,
 )
 from train.sources import list_shards
+from train.eval_workers import EvalWorkers, as_workers, open_workers
 
 logger = logging.getLogger(__name__)
 
@@ -189,24 +190,16 @@ def cloze_question(item: EvalItem) -> dict[str, str]:
     return {"from": "human", "value": "<image>\n" + text if item.image else text}
 
 
-@torch.no_grad()
-def score_options_by_likelihood(model: FusionModel, items: list[EvalItem], config: EvalSection,
+def score_options_by_likelihood(model: FusionModel | EvalWorkers, items: list[EvalItem], config: EvalSection,
                                 progress: bool = True) -> None:
     """The cloze formulation of every multiple-choice item: the option whose text is most likely per character."""
     chosen = [item for item in items if item.kind == MULTIPLE_CHOICE and item.options]
     pairs = [(item, option) for item in chosen for option in item.options]
-    model.eval()
+    chunks = [pairs[start:start + config.batch_size] for start in range(0, len(pairs), config.batch_size)]
     likelihoods = []
     bar = tqdm(total=len(pairs), desc="multiple choice (cloze)", unit="option", disable=not progress)
-    for start in range(0, len(pairs), config.batch_size):
-        chunk = pairs[start:start + config.batch_size]
-        # a question's options are neighbours: its image is decoded once per batch, not once per option
-        decoded = {id(item): Image.open(io.BytesIO(item.image)).convert("RGB") if item.image else None
-                   for item, _ in chunk}
-        images = [decoded[id(item)] for item, _ in chunk]
-        conversations = [[cloze_question(item), {"from": "gpt", "value": option}] for item, option in chunk]
-        scored = model.answer_log_likelihoods(images, conversations, batch_size=config.batch_size)
-        likelihoods += [s.log_probability / max(1, len(option)) for s, (_, option) in zip(scored, chunk, strict=True)]
+    for chunk, scored in zip(chunks, as_workers(model).map(option_likelihoods, chunks), strict=True):
+        likelihoods += scored
         bar.update(len(chunk))
     bar.close()
     position = 0
@@ -215,6 +208,19 @@ def score_options_by_likelihood(model: FusionModel, items: list[EvalItem], confi
         position += len(item.options)
         item.cloze_choice = item.options[max(range(len(per_option)), key=per_option.__getitem__)]
         item.cloze_score = float(normalize_answer(item.cloze_choice) == normalize_answer(correct_option(item)))
+
+
+@torch.no_grad()
+def option_likelihoods(model: FusionModel, chunk: list[tuple[EvalItem, str]]) -> list[float]:
+    """Log-likelihood per character of each (item, option) pair's option as the answer to its cloze question."""
+    model.eval()
+    # a question's options are neighbours: its image is decoded once per batch, not once per option
+    decoded = {id(item): Image.open(io.BytesIO(item.image)).convert("RGB") if item.image else None
+               for item, _ in chunk}
+    images = [decoded[id(item)] for item, _ in chunk]
+    conversations = [[cloze_question(item), {"from": "gpt", "value": option}] for item, option in chunk]
+    scored = model.answer_log_likelihoods(images, conversations, batch_size=len(chunk))
+    return [s.log_probability / max(1, len(option)) for s, (_, option) in zip(scored, chunk, strict=True)]
 
 
 def fit_prompt(builder, prompt: list[dict[str, str]], has_image: bool) -> list[dict[str, str]]:
@@ -235,27 +241,32 @@ def fit_prompt(builder, prompt: list[dict[str, str]], has_image: bool) -> list[d
             prompt = [{**prompt[2], "value": ("<image>\n" if has_image else "") + first}, *prompt[3:]]
 
 
-@torch.no_grad()
-def generate_answers(model: FusionModel, items: list[EvalItem], config: EvalSection, progress: bool = True,
-                     answer_form: AnswerForm = LETTER) -> None:
+def generate_answers(model: FusionModel | EvalWorkers, items: list[EvalItem], config: EvalSection,
+                     progress: bool = True, answer_form: AnswerForm = LETTER) -> None:
     def writes_text(item: EvalItem) -> bool:  # an option's text before its letter is as long as a long answer may be
         return item.kind in (CAPTION, LONG) or (item.kind == MULTIPLE_CHOICE and answer_form == OPTION_AND_LETTER)
 
-    model.eval()
     order = sorted(range(len(items)), key=lambda i: (writes_text(items[i]), len(str(items[i].prompt))))
+    chunks = [[items[i] for i in order[start:start + config.batch_size]]
+              for start in range(0, len(order), config.batch_size)]
+    jobs = [(chunk, config.max_new_tokens if any(writes_text(item) for item in chunk)
+             else config.max_new_tokens_short) for chunk in chunks]
     bar = tqdm(total=len(items), desc="evaluate", unit="question", disable=not progress)
-    for start in range(0, len(order), config.batch_size):
-        chunk = [items[i] for i in order[start : start + config.batch_size]]
-        long_answers = any(writes_text(item) for item in chunk)
-        images = [Image.open(io.BytesIO(item.image)).convert("RGB") if item.image else None for item in chunk]
-        prompts = [fit_prompt(model.sequence_builder, item.prompt, item.image is not None) for item in chunk]
-        answers = model.generate(images, prompts,
-                                 max_new_tokens=config.max_new_tokens if long_answers else config.max_new_tokens_short)
+    for (chunk, _), answers in zip(jobs, as_workers(model).map(answer_batch, jobs, unpack=True), strict=True):
         for item, answer in zip(chunk, answers, strict=True):
             item.prediction = answer
             item.score = score(item.kind, answer, item.reference, item.options)
         bar.update(len(chunk))
     bar.close()
+
+
+@torch.no_grad()
+def answer_batch(model: FusionModel, chunk: list[EvalItem], max_new_tokens: int) -> list[str]:
+    """Greedy answers to one batch of items, each prompt fitted to the model's max_length."""
+    model.eval()
+    images = [Image.open(io.BytesIO(item.image)).convert("RGB") if item.image else None for item in chunk]
+    prompts = [fit_prompt(model.sequence_builder, item.prompt, item.image is not None) for item in chunk]
+    return model.generate(images, prompts, max_new_tokens=max_new_tokens)
 
 
 def _beside_baselines(model: Sequence[float], chance: Sequence[float], majority: Sequence[float]) -> dict[str, Any]:
@@ -315,14 +326,13 @@ def evaluate(model: FusionModel | str | Path, dataset: str, out: Path, config: E
              progress: bool = True, answer_form: AnswerForm = LETTER) -> dict[str, Any]:
     """Evaluate a model (or checkpoint folder) on the held-out split of `dataset`; writes predictions and results.
     `answer_form`: how the model was trained to answer multiple choice (`data.multiple_choice_answer`)."""
-    if not isinstance(model, FusionModel):
-        model = FusionModel.from_pretrained(model)
     items = held_out_items(dataset, config.split, config.max_samples_per_category, answer_form)
     add_baselines(items, seed)
     logger.info("evaluating on %d held-out questions of %s (split %s)", len(items), dataset, config.split)
-    generate_answers(model, items, config, progress, answer_form)
-    if config.cloze_multiple_choice:
-        score_options_by_likelihood(model, items, config, progress)
+    with open_workers(model, config.processes) as workers:
+        generate_answers(workers, items, config, progress, answer_form)
+        if config.cloze_multiple_choice:
+            score_options_by_likelihood(workers, items, config, progress)
     results = summarise(items)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PREDICTIONS_FILE, "".join(json.dumps(item.record()) + "\n" for item in items))

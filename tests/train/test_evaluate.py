@@ -184,3 +184,36 @@ def test_fusion_run_trains_evaluates_and_reports(tmp_path, capsys):
     (tmp_path / "empty-run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         checkpoint_folder(tmp_path / "empty-run")
+
+
+def test_two_local_evaluation_processes_answer_as_one_process_does(tiny_model, small_dataset, tmp_path):
+    """Batches cut the same way give the same answers and scores whether one process or two answer them (both at one
+    torch thread, so even the summation order is the same)."""
+    import torch
+
+    from train.config import EvalSection
+    from train.evaluate import PREDICTIONS_FILE, evaluate
+
+    checkpoint = tmp_path / "checkpoint"
+    tiny_model.save_pretrained(checkpoint)
+    settings = {"batch_size": 8, "max_new_tokens": 5, "max_new_tokens_short": 3}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = evaluate(checkpoint, str(small_dataset), tmp_path / "one", EvalSection(**settings), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    pooled = evaluate(checkpoint, str(small_dataset), tmp_path / "two", EvalSection(**settings, processes=2),
+                      progress=False)
+    assert alone["items"] > 3 * settings["batch_size"]  # several batches went to each process
+    one, two = ((tmp_path / run / PREDICTIONS_FILE).read_text().splitlines() for run in ("one", "two"))
+    assert one == two and any(json.loads(line)["cloze_choice"] for line in one)
+    assert alone == pooled
+
+
+def test_evaluation_processes_name_a_missing_checkpoint_before_starting(small_dataset, tmp_path):
+    from train.config import EvalSection
+    from train.evaluate import evaluate
+
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        evaluate(tmp_path / "nowhere", str(small_dataset), tmp_path / "out", EvalSection(processes=2), progress=False)
