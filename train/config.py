@@ -99,6 +99,10 @@ class DataSection(Strict):
     shuffle_buffer: int = Field(1000, ge=1, description="Samples held by the shuffle buffer of each worker")
     shuffle_initial: int = Field(100, ge=1, description="Samples buffered before the first one is yielded")
     resampled: bool = Field(False, description="Draw shards with replacement instead of seeded epoch shuffles")
+    split: Literal["shards", "samples"] = Field(
+        "shards", description="How ranks and workers share the data: 'shards' (each reads its own shards, when there "
+        "are at least as many as readers) or 'samples' (each reads every shard and keeps every n-th sample: the same "
+        "mixture on every rank when a dataset has one shard per family)")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
     prefetch_factor: int = Field(4, ge=1)
     length_group: int = Field(1, ge=1, description="Micro-batches whose samples are sorted by length together, so "
@@ -213,6 +217,10 @@ class TrainConfig(Strict):
                                 "(CPU attention backward otherwise sums in thread order)")
     loss_chunk_tokens: int = Field(4096, ge=1, description="Supervised tokens per cross-entropy chunk")
     strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
+    local_ranks: int = Field(
+        1, ge=1, description="Data-parallel ranks a training command starts on this machine itself when torchrun or "
+        "Ray Train did not start it (train/local_ranks.py): 2 on a 2-core CPU did 1.2-1.4x the steps per second of "
+        "one process with 2 threads (benchmarks/local_ranks.py); the warm-ups run once before the ranks start")
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     log: LogSection = Field(default_factory=LogSection)
     eval: EvalSection = Field(default_factory=EvalSection)

@@ -50,6 +50,11 @@ class DistInfo:
         return self.world_size > 1
 
 
+def launched_distributed() -> bool:
+    """Whether torchrun or Ray Train started this process (as one rank of one or more)."""
+    return dist.is_initialized() or "WORLD_SIZE" in os.environ
+
+
 def init_distributed() -> DistInfo:
     """Join the process group of torchrun or Ray Train (or run as one process)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -162,7 +167,10 @@ class DdpStrategy(Strategy):
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.info.local_rank] if self.info.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+        # The model's buffers (rotary frequencies, position ids) are constants: broadcasting them before every
+        # forward would only add a wait on the slowest rank per micro-batch.
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False,
+                                       broadcast_buffers=False)
 
     def unwrap(self, wrapped: nn.Module) -> FusionModel:
         return wrapped.module

@@ -192,7 +192,7 @@ def shard_samples(shard: Shard, counts: Counter) -> Iterator[tuple[int, dict[str
 
 
 def slot_shards(source: Source, *, seed: int, epoch: int, slot: int, slots: int, resampled: bool,
-                round_: int = 0) -> tuple[list[Shard], bool]:
+                round_: int = 0, split_samples: bool = False) -> tuple[list[Shard], bool]:
     """(shards this slot reads in pass `round_` of an epoch, whether they are split between slots).
 
     Without resampling, one seeded shard order per epoch is shared by every slot, so the split (by node, then by
@@ -203,8 +203,8 @@ def slot_shards(source: Source, *, seed: int, epoch: int, slot: int, slots: int,
         return [rng.choice(shards) for _ in shards], False
     order = shards[:]
     random.Random(derive_seed(seed, "shards", source.name, epoch)).shuffle(order)
-    if len(shards) < slots:
-        return order, False  # too few shards: every slot reads them all and keeps every n-th sample
+    if len(shards) < slots or split_samples:
+        return order, False  # too few shards (or asked): every slot reads them all and keeps every n-th sample
     mine = order[slot::slots]
     if round_:
         random.Random(derive_seed(seed, "pass", source.name, epoch, slot, round_)).shuffle(mine)
@@ -212,11 +212,11 @@ def slot_shards(source: Source, *, seed: int, epoch: int, slot: int, slots: int,
 
 
 def source_samples(source: Source, index: int, *, seed: int, epoch: int, slot: int, slots: int, resampled: bool,
-                   counts: Counter) -> Iterator[dict[str, Any]]:
+                   counts: Counter, split_samples: bool = False) -> Iterator[dict[str, Any]]:
     """Endless raw samples of one source for one slot: pass after pass over its shards."""
     for round_ in itertools.count():
         mine, split = slot_shards(source, seed=seed, epoch=epoch, slot=slot, slots=slots, resampled=resampled,
-                                  round_=round_)
+                                  round_=round_, split_samples=split_samples)
         yielded = kept = 0
         for shard in mine:
             keep = None if shard.keep is None else set(shard.keep)
@@ -429,7 +429,7 @@ class ShardLoader:
         counts: Counter = Counter(start.counts)
         streams = [
             source_samples(source, index, seed=self.seed, epoch=epoch, slot=slot.index, slots=slot.count,
-                           resampled=self.data.resampled, counts=counts)
+                           resampled=self.data.resampled, counts=counts, split_samples=self.data.split == "samples")
             for index, source in enumerate(self.sources)
         ]
         mixed = weighted_mix(streams, [s.spec.weight for s in self.sources],
@@ -453,13 +453,15 @@ class ShardLoader:
             pending.append(prepared)
             if len(pending) < group_size:
                 continue
-            chunks = self.length_chunks(pending, random.Random(derive_seed(self.seed, "groups", epoch, slot.index,
+            # Seeded by the worker, not the rank: the ranks' n-th micro-batches then hold the same length band and
+            # latent count (one rank's step is not a band of long conversations while another waits on it).
+            chunks = self.length_chunks(pending, random.Random(derive_seed(self.seed, "groups", epoch, slot.worker,
                                                                            group_start)))
             for index, chunk in enumerate(chunks):
                 if index < skip:
                     continue
                 batches = first_batch + index + 1
-                rng = random.Random(derive_seed(self.seed, "latents", epoch, slot.index, batches - 1))
+                rng = random.Random(derive_seed(self.seed, "latents", epoch, slot.worker, batches - 1))
                 batch = self.collate(chunk, rng)
                 position = (WorkerPosition(offset, batches, dict(counts)) if index == len(chunks) - 1 else
                             WorkerPosition(group_start, batches, dict(group_counts), group_batches=index + 1))

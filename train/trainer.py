@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 
-from model.fusion import FusionModel
+from model.fusion import WEIGHTS_FILE, FusionModel
 from model.loss import supervised_token_count
 from train.answer_realignment import realign_answers
 from train.binding_warmup import warm_up_binding
@@ -33,6 +35,7 @@ from train.distributed import (
     broadcast_parameters,
     gather_objects,
     init_distributed,
+    launched_distributed,
     make_strategy,
 )
 from train.flops import FusionFlops, peak_flops
@@ -73,14 +76,48 @@ def with_data(config: TrainConfig, data: str | None) -> TrainConfig:
 
 
 def train(config: TrainConfig, out: Path, *, data: str | None = None, resume: str | None = None,
-          stop_after: int | None = None, info: DistInfo | None = None) -> TrainResult:
-    """Train `config` into `out`; `resume="latest"` continues the newest checkpoint there (or starts fresh)."""
+          stop_after: int | None = None, info: DistInfo | None = None, warm_start: Path | None = None
+          ) -> TrainResult:
+    """Train `config` into `out`; `resume="latest"` continues the newest checkpoint there (or starts fresh).
+    With `local_ranks` > 1 and no process group from torchrun or Ray, this command starts the ranks itself
+    (train/local_ranks.py); `warm_start` is a model folder a new run starts from instead of warming up."""
+    if config.local_ranks > 1 and info is None and not launched_distributed():
+        from train.local_ranks import train_on_local_ranks
+
+        return train_on_local_ranks(config, Path(out), data=data, resume=resume, stop_after=stop_after)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(config.deterministic or previous, warn_only=True)
     try:
-        return _train(config, out, data=data, resume=resume, stop_after=stop_after, info=info)
+        return _train(config, out, data=data, resume=resume, stop_after=stop_after, info=info,
+                      warm_start=warm_start)
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def warm_start_model(config: TrainConfig, out: Path, *, data: str | None, resume: str | None, folder: Path
+                     ) -> Path | None:
+    """The model a new run's ranks start from, built and warmed up once in this process and saved in `folder`
+    (written atomically; a folder left by an earlier attempt is reused); None when a checkpoint will be resumed or
+    the config has no warm-up."""
+    config = with_data(config, data)
+    if resume and resolve_checkpoint(out, resume) is not None:
+        return None
+    if not (config.vision_warmup.steps or config.binding_warmup.steps):
+        return None
+    if (folder / WEIGHTS_FILE).is_file():
+        logger.info("starting the ranks from the warmed model already in %s", folder)
+        return folder
+    out.mkdir(parents=True, exist_ok=True)
+    save_train_config(config, out / CONFIG_FILE)
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    sources = resolve_sources(config.data.sources, config.seed)
+    model = build_model(config.model, seed=config.seed, sources=sources, out=out, info=info)
+    _warm_up(model, sources, config, out, info)
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    model.save_pretrained(partial)
+    partial.replace(folder)
+    return folder
 
 
 def _warm_up(model: FusionModel, sources: list[Source], config: TrainConfig, out: Path, info: DistInfo) -> None:
@@ -108,7 +145,7 @@ def _warm_up(model: FusionModel, sources: list[Source], config: TrainConfig, out
 
 
 def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | None, stop_after: int | None,
-           info: DistInfo | None) -> TrainResult:
+           info: DistInfo | None, warm_start: Path | None) -> TrainResult:
     started = time.perf_counter()
     info = info or init_distributed()
     _quiet_other_ranks(info)
@@ -122,7 +159,10 @@ def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | No
     sources = resolve_sources(config.data.sources, config.seed)
     model = build_model(config.model, seed=config.seed, sources=sources, out=out, info=info)
     checkpoint = resolve_checkpoint(out, resume) if resume else None
-    if checkpoint is None:
+    if checkpoint is None and warm_start is not None:
+        safetensors.torch.load_model(model, str(warm_start / WEIGHTS_FILE), device=str(info.device))
+        logger.info("starting from the warmed model in %s", warm_start)
+    elif checkpoint is None:
         _warm_up(model, sources, config, out, info)
     model.uniform_execution = True  # same modules on every rank each step (text-only batches included)
     if config.gradient_checkpointing:

@@ -45,6 +45,34 @@ def torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def fusion_train(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    """The console script in a fresh process, as a user runs it (no torchrun)."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("WORLD_SIZE", None)
+    command = [str(Path(sys.executable).parent / "fusion"), "train", *args]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    (tmp / f"fusion-train-{len(list(tmp.glob('fusion-train-*')))}.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def test_local_ranks_start_from_the_model_warmed_once_before_them(small_dataset, tmp_path):
+    out = tmp_path / "run"
+    result = fusion_train(["--config", "tiny", "--data", str(small_dataset), "--out", str(out), "--set", "max_steps=2",
+                           "--set", "batch.global_batch=4", "--set", "log.tensorboard=false", "--set", "local_ranks=2",
+                           "--set", "vision_warmup={steps: 2, batch_size: 4, max_images: 20, answer_through_llm: true}",
+                           "--set", "binding_warmup={steps: 2, batch_size: 4}"], tmp_path)
+    logs = result.stdout + result.stderr
+    assert "training on 2 local ranks" in logs
+    # warmed once, in the command's process; the ranks (rank 0 logs) load that model and warm up no further
+    assert logs.count("starting from the warmed model in") == 1
+    assert logs.count("vision warm-up: 2 steps on") == 1 and logs.count("binding warm-up: 2 steps on") == 1
+    assert (out / "vision_warmup.json").is_file() and (out / "binding_warmup.json").is_file()
+    assert not (out / "warm-start").exists()  # dropped once the training ended
+    state = json.loads((out / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert (state["step"], state["world_size"]) == (2, 2)
+
+
 def test_ddp_and_fsdp2_on_two_processes(mixed_shards, tmp_path):
     data = str(mixed_shards / "*.tar")
     source = resolve_sources([SourceSpec(path=data)], seed=0)[0]
@@ -66,6 +94,14 @@ def test_ddp_and_fsdp2_on_two_processes(mixed_shards, tmp_path):
     image_counts = positions[1 - rank]["workers"]["0"]["counts"]
     assert text_counts.get("text_only_samples", 0) > 0 and "image_samples" not in text_counts  # text only
     assert image_counts.get("image_samples", 0) > 0 and "text_only_samples" not in image_counts
+
+    # `local_ranks: 2` without torchrun: the command starts the two ranks itself, the same DDP training
+    local = tmp_path / "local"
+    fusion_train([*COMMON, "--data", data, "--out", str(local), "--set", "local_ranks=2"], tmp_path)
+    local_state = json.loads((local / "checkpoints" / f"step-{STEPS:08d}" / "trainer_state.json").read_text())
+    assert (local_state["world_size"], local_state["strategy"]) == (2, "ddp")
+    assert ([(r["step"], r["loss"]) for r in read_metrics(local / "metrics.jsonl")]
+            == [(r["step"], r["loss"]) for r in read_metrics(ddp / "metrics.jsonl")])
 
     fsdp = tmp_path / "fsdp"
     torchrun([*COMMON, "--data", data, "--out", str(fsdp), "--set", "strategy=fsdp", "--stop-after", "2"], tmp_path)

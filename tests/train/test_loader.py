@@ -19,10 +19,10 @@ from train.sources import Shard, resolve_sources, select
 
 
 def make_loader(builder, path, *, micro_batch=2, batches=6, workers=0, rank=0, world=1, max_length=512, seed=0,
-                resampled=False, **source):
+                resampled=False, split="shards", length_group=1, **source):
     sources = resolve_sources([SourceSpec(path=str(path), **source)], seed)
     data = DataSection(shuffle_buffer=8, shuffle_initial=2, num_workers=workers, prefetch_factor=2,
-                       resampled=resampled)
+                       resampled=resampled, split=split, length_group=length_group)
     return ShardLoader(sources, builder, data, seed=seed, micro_batch=micro_batch, batches_per_epoch=batches,
                        max_length=max_length, rank=rank, world_size=world)
 
@@ -129,6 +129,24 @@ def test_every_slot_gets_the_same_batches_on_uneven_shards_and_shards_are_a_part
     assert sum(s.count for s in parts[0]) != sum(s.count for s in parts[1])  # uneven on purpose
     counts = [len(list(loader.epoch(0))) for loader in loaders]
     assert counts == [7, 7]
+
+
+def test_split_by_samples_gives_every_rank_every_shard_and_the_same_latent_counts(builder, tmp_path):
+    """One shard per family and two ranks: split by shards, each rank would train on its own families."""
+    tars = [write_tar(tmp_path / "s" / f"{family}-00000.tar", image_samples(family, 8)) for family in ("red", "blue")]
+    write_sizes(tmp_path / "s", tars, [8, 8])
+    by_shards = [{key.split("_")[0] for key in keys_of(make_loader(builder, tmp_path / "s" / "*.tar", batches=4,
+                                                                   rank=r, world=2).epoch(0))} for r in (0, 1)]
+    assert sorted(map(len, by_shards)) == [1, 1]
+    loaders = [make_loader(builder, tmp_path / "s" / "*.tar", batches=4, rank=r, world=2, split="samples",
+                           length_group=2) for r in (0, 1)]
+    batches = [list(loader.epoch(0)) for loader in loaders]
+    seen = [set(keys_of(rank_batches)) for rank_batches in batches]
+    assert not seen[0] & seen[1]  # each sample is read by one rank
+    assert all({key.split("_")[0] for key in keys} == {"red", "blue"} for keys in seen)
+    # the ranks' n-th micro-batches draw the same latent count (a step costs about the same on every rank)
+    counts = [[batch.batch.latent_count for batch in rank_batches] for rank_batches in batches]
+    assert counts[0] == counts[1] and len(set(counts[0])) > 1
 
 
 def test_fewer_shards_than_slots_split_by_sample(builder, tmp_path):
