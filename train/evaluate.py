@@ -43,6 +43,7 @@ from pipeline.record import MULTIPLE_CHOICE_INSTRUCTION, SHORT_ANSWER_INSTRUCTIO
 from pipeline.planning import derive_seed
 from train.choices import LETTER, OPTION_AND_LETTER, AnswerForm, parse_options, with_answer_form
 from train.config import EvalSection, SourceSpec
+from train.eval_workers import EvalWorkers, as_workers, open_workers
 from train.loader import image_member, shard_samples
 from train.scoring import (
     CAPTION,
@@ -58,7 +59,6 @@ from train.scoring import (
     score,
 )
 from train.sources import list_shards
-from train.eval_workers import EvalWorkers, as_workers, open_workers
 
 logger = logging.getLogger(__name__)
 
