@@ -61,5 +61,6 @@ def main() -> None:
           f"{statistics.median(means):.2f}x by mean step (wall time); median of {args.rounds} rounds, global batch "
           f"and data the same")
 
+
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
+from pipeline.console_logging import configure_logging
 
 logger = logging.getLogger("fusion")
 
@@ -234,9 +235,7 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.handler(args)
     except (ConfigError, FileNotFoundError) as error:

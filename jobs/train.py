@@ -15,6 +15,7 @@ import logging
 import sys
 
 from jobs.train_commands import add_train_arguments, cmd_train, user_errors
+from pipeline.console_logging import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +42,7 @@ def cmd_train_on_ray(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     return user_errors(cmd_train_on_ray if args.ray else cmd_train)(args)
 
 

@@ -63,17 +63,16 @@ class LocalProcessWorkers(EvalWorkers):
         self.pool.join()
 
 
-_worker_model: tuple[str, FusionModel] | None = None
+_worker_model: FusionModel | None = None  # a pool's processes serve the one checkpoint of that pool
 
 
 def _run_job(task: tuple[str, int, BatchFunction, Any, bool]) -> Any:
     global _worker_model
     checkpoint, threads, function, job, unpack = task
-    if _worker_model is None or _worker_model[0] != checkpoint:
+    if _worker_model is None:
         torch.set_num_threads(threads)
-        _worker_model = (checkpoint, FusionModel.from_pretrained(checkpoint))
-    model = _worker_model[1]
-    return function(model, *job) if unpack else function(model, job)
+        _worker_model = FusionModel.from_pretrained(checkpoint)
+    return function(_worker_model, *job) if unpack else function(_worker_model, job)
 
 
 def as_workers(model: FusionModel | EvalWorkers) -> EvalWorkers:

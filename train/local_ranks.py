@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from pipeline.console_logging import configure_logging
 from train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 WARM_START_DIR = "warm-start"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def train_on_local_ranks(config: TrainConfig, out: Path, *, data: str | None, resume: str | None,
@@ -67,6 +67,6 @@ def _rank_main(config: TrainConfig, out: Path, data: str | None, resume: str | N
                warm_start: Path | None, threads: int, log_level: int):
     from train.trainer import train
 
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)  # a spawned rank starts without the command's logging
+    configure_logging(log_level)  # a spawned rank starts without the command's logging
     torch.set_num_threads(threads)
     return train(config, out, data=data, resume=resume, stop_after=stop_after, warm_start=warm_start)

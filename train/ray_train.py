@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.console_logging import configure_logging
 from train.checkpoint import STATE_FILE, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ def _worker_loop(settings: dict[str, Any]) -> None:
     from train.config import load_train_config
     from train.trainer import train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     config = load_train_config(settings["config"], settings["overrides"])
     result = train(config, Path(settings["out"]), data=settings["data"], resume=settings["resume"],
                    stop_after=settings["stop_after"])

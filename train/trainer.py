@@ -107,17 +107,23 @@ def warm_start_model(config: TrainConfig, out: Path, *, data: str | None, resume
     if (folder / WEIGHTS_FILE).is_file():
         logger.info("starting the ranks from the warmed model already in %s", folder)
         return folder
-    out.mkdir(parents=True, exist_ok=True)
-    save_train_config(config, out / CONFIG_FILE)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
-    sources = resolve_sources(config.data.sources, config.seed)
-    model = build_model(config.model, seed=config.seed, sources=sources, out=out, info=info)
+    sources, model = _run_folder_and_model(config, out, info)
     _warm_up(model, sources, config, out, info)
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     model.save_pretrained(partial)
     partial.replace(folder)
     return folder
+
+
+def _run_folder_and_model(config: TrainConfig, out: Path, info: DistInfo) -> tuple[list[Source], FusionModel]:
+    """The run folder with the resolved config (rank 0), the config's sources and its new model on this rank."""
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_train_config(config, out / CONFIG_FILE)
+    sources = resolve_sources(config.data.sources, config.seed)
+    return sources, build_model(config.model, seed=config.seed, sources=sources, out=out, info=info)
 
 
 def _warm_up(model: FusionModel, sources: list[Source], config: TrainConfig, out: Path, info: DistInfo) -> None:
@@ -151,13 +157,8 @@ def _train(config: TrainConfig, out: Path, *, data: str | None, resume: str | No
     _quiet_other_ranks(info)
     config = with_data(config, data)
     out = Path(out)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_train_config(config, out / CONFIG_FILE)
     bf16 = _use_bf16(config, info)
-
-    sources = resolve_sources(config.data.sources, config.seed)
-    model = build_model(config.model, seed=config.seed, sources=sources, out=out, info=info)
+    sources, model = _run_folder_and_model(config, out, info)
     checkpoint = resolve_checkpoint(out, resume) if resume else None
     if checkpoint is None and warm_start is not None:
         safetensors.torch.load_model(model, str(warm_start / WEIGHTS_FILE), device=str(info.device))

@@ -35,25 +35,26 @@ def mixed_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
+def run_logged(name: str, command: list[str], env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess:
+    """Run `command` from the repository, keep its output as tmp/<name>-<n>.log, and require success."""
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    (tmp / f"{name}-{len(list(tmp.glob(f'{name}-*')))}.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
 def torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "jobs.train", *args]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-    (tmp / f"torchrun-{len(list(tmp.glob('torchrun-*')))}.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result
+    return run_logged("torchrun", [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "jobs.train", *args],
+                      env, tmp)
 
 
 def fusion_train(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     """The console script in a fresh process, as a user runs it (no torchrun)."""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("WORLD_SIZE", None)
-    command = [str(Path(sys.executable).parent / "fusion"), "train", *args]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-    (tmp / f"fusion-train-{len(list(tmp.glob('fusion-train-*')))}.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result
+    env = {key: value for key, value in os.environ.items() if key != "WORLD_SIZE"}
+    return run_logged("fusion-train", [str(Path(sys.executable).parent / "fusion"), "train", *args],
+                      {**env, "TOKENIZERS_PARALLELISM": "false"}, tmp)
 
 
 def test_local_ranks_start_from_the_model_warmed_once_before_them(small_dataset, tmp_path):
