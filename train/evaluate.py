@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import statistics
+import string
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,7 @@ from train.scoring import (
     option_letter,
     rouge_l,
     score,
+    written_option,
 )
 from train.sources import list_shards
 
@@ -313,6 +315,7 @@ def cloze_rows(items: Sequence[EvalItem]) -> list[dict[str, Any]]:
     """Cloze accuracy of multiple-choice items beside their letter accuracy: all of them, then per question type."""
     def row(group: Sequence[EvalItem], question_type: str) -> dict[str, Any]:
         return {"question_type": question_type, "letter": statistics.fmean(i.score for i in group),
+                **option_form_shares(group),
                 **_beside_baselines([i.cloze_score for i in group], [1 / len(i.options) for i in group],
                                     [i.cloze_majority for i in group])}
 
@@ -320,6 +323,20 @@ def cloze_rows(items: Sequence[EvalItem]) -> list[dict[str, Any]]:
     for item in items:
         by_type[item.question_type].append(item)
     return [row(items, "all"), *(row(group, kind) for kind, group in sorted(by_type.items()))]
+
+
+def option_form_shares(items: Sequence[EvalItem]) -> dict[str, float | None]:
+    """For answers in the option form ("red: B"), what a letter's miss comes from: `text`, how often the option text
+    written is the right one (of all the items), and `agrees`, how often the letter written after it is that text's
+    own letter (of the items that wrote an option's text and a letter): the lookup. None without such answers."""
+    written = [(item, written_option(item.prediction, item.options)) for item in items]
+    answered = [(item, found) for item, found in written if found is not None]
+    if not answered:
+        return {"text": None, "agrees": None}
+    right = [normalize_answer(item.options[index]) == normalize_answer(correct_option(item))
+             for item, (index, _) in answered]
+    return {"text": sum(right) / len(items),
+            "agrees": statistics.fmean(letter == string.ascii_uppercase[index] for _, (index, letter) in answered)}
 
 
 def evaluate(model: FusionModel | str | Path, dataset: str, out: Path, config: EvalSection, *, seed: int = 0,

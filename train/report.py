@@ -53,7 +53,7 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
         cells = []
         for key, _ in columns:
             value = row[key]
-            cells.append(_percent(value) if key in ("model", "chance", "majority", "letter") else
+            cells.append(_percent(value) if key in ("model", "chance", "majority", "letter", "text", "agrees") else
                          f"{value:+.1%}" if key == "margin" else str(value))
         body.append("| " + " | ".join(cells) + " |")
     return "\n".join([header, rule, *body])
@@ -84,10 +84,17 @@ def write_report(out: Path, *, results: dict[str, Any], paths: dict[str, Path], 
                   "Each option's text scored as the answer to the question without its options, by log-likelihood per "
                   "character (the cloze formulation of OLMES); beside the option-letter score of the same questions. "
                   "Not part of the learning checks: it shows whether the model knows the answer apart from binding it "
-                  "to its letter.", ""]
-        lines.append(_table(results["multiple_choice_cloze"], [
-            ("question_type", "question type"), ("n", "questions"), ("letter", "by letter"), ("model", "cloze"),
-            ("chance", "chance"), ("majority", "majority"), ("margin", "cloze vs better baseline")]))
+                  "to its letter."]
+        rows = results["multiple_choice_cloze"]
+        columns = [("question_type", "question type"), ("n", "questions"), ("letter", "by letter")]
+        if rows[0].get("agrees") is not None:
+            lines[-1] += (" Answered in the option form (\"red: B\"), a miss by letter comes from the text or from the "
+                          "letter after it: how often the option text written is the right one, and how often the "
+                          "letter written is that text's own.")
+            columns += [("text", "option text right"), ("agrees", "letter of the text written")]
+        lines.append("")
+        lines.append(_table(rows, [*columns, ("model", "cloze"), ("chance", "chance"), ("majority", "majority"),
+                                   ("margin", "cloze vs better baseline")]))
     lines += ["", "## Per question type", ""]
     lines.append(_table(results["question_types"], [("category", "category"), ("question_type", "question type"),
                                                     ("metric", "metric"), ("n", "questions"), ("model", "model"),

@@ -23,6 +23,7 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
 _LETTER = re.compile(r"^\(?([A-Z])(?:[).:\s]|$)")
 _LETTER_AFTER_OPTION = re.compile(r":\s*([A-Z])\s*$")  # "red: B": train.choices.option_and_letter
+_OPTION_THEN_LETTER = re.compile(r"^(.*?):\s*([A-Z])\s*$", re.DOTALL)
 
 
 def normalize_answer(text: str) -> str:
@@ -45,6 +46,19 @@ def option_letter(prediction: str, options: list[str]) -> str | None:
     for index, option in enumerate(options):
         if normalize_answer(option) == normalized:
             return string.ascii_uppercase[index]
+    return None
+
+
+def written_option(prediction: str, options: list[str]) -> tuple[int, str] | None:
+    """(index of the option whose text an answer in the option form writes, the letter it writes after it): (2, "B")
+    for "green: B" among red, blue, green; None when the prediction is not one option's text and a letter."""
+    match = _OPTION_THEN_LETTER.match(prediction.strip())
+    if match is None:
+        return None
+    text = normalize_answer(match.group(1))
+    for index, option in enumerate(options):
+        if normalize_answer(option) == text:
+            return index, match.group(2)
     return None
 
 

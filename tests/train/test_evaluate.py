@@ -18,7 +18,7 @@ from train.evaluate import (
     score_options_by_likelihood,
     summarise,
 )
-from train.scoring import CAPTION, MULTIPLE_CHOICE, SHORT, YES_NO, option_letter, rouge_l, score
+from train.scoring import CAPTION, MULTIPLE_CHOICE, SHORT, YES_NO, option_letter, rouge_l, score, written_option
 
 
 def test_scoring_rules():
@@ -32,6 +32,9 @@ def test_scoring_rules():
     assert score(YES_NO, "Yes, there is.", "yes", []) == 1.0 and score(YES_NO, "no", "yes", []) == 0.0
     assert score(SHORT, "The Red.", "red", []) == 1.0 and score(SHORT, "dark red", "red", []) == 0.0
     assert rouge_l("a red circle", "a red circle") == 1.0 and rouge_l("blue", "a red circle") == 0.0
+    # the option form's text and letter, apart
+    assert written_option("green: C", options) == (2, "C") and written_option("Blue:B", options) == (1, "B")
+    assert written_option("purple: A", options) is None and written_option("C", options) is None
     assert 0 < rouge_l("a red square", "a red circle") < 1
 
 
@@ -92,6 +95,34 @@ def test_multiple_choice_as_cloze_asks_without_options_and_has_its_own_baselines
     assert correct_option(item("MC", "t", MULTIPLE_CHOICE, "blue", ["red", "blue"])) == "blue"
     assert correct_option(item("MC", "t", MULTIPLE_CHOICE, "(B) blue", ["red", "blue"])) == "blue"
     assert correct_option(item("MC", "t", MULTIPLE_CHOICE, "purple", ["red", "blue"])) == ""
+
+
+def test_option_form_answers_tell_a_wrong_text_from_a_wrong_letter(tmp_path):
+    from train.report import write_report
+
+    options = ["red", "blue", "green", "pink"]
+    # right text and its letter; right text, another letter; wrong text and its letter; a letter alone
+    items = [item("MC", "color_of_shape", MULTIPLE_CHOICE, "C", options, prediction)
+             for prediction in ["green: C", "green: A", "pink: D", "C"]]
+    add_baselines(items)
+    for i in items:
+        i.cloze_choice, i.cloze_score = "green", 1.0
+    overall, per_type = summarise(items)["multiple_choice_cloze"]
+    assert overall["letter"] == pytest.approx(0.5)  # "green: C" and "C"
+    assert overall["text"] == pytest.approx(2 / 4)  # of every item: the letter alone wrote no text
+    assert overall["agrees"] == pytest.approx(2 / 3)  # of the three that wrote a text and a letter
+    assert per_type["agrees"] == overall["agrees"]
+    results = summarise(items)
+    report = write_report(tmp_path, results=results, paths={"metrics": tmp_path / "none.jsonl"}, summary={})
+    assert "| option text right | letter of the text written |" in report.read_text()
+    assert "| all | 4 | 50.0% | 50.0% | 66.7% | 100.0% |" in report.read_text()
+    # answered by letter alone: no such columns
+    letters = [item("MC", "color_of_shape", MULTIPLE_CHOICE, "C", options, "C")]
+    add_baselines(letters)
+    letters[0].cloze_choice, letters[0].cloze_score = "green", 1.0
+    assert summarise(letters)["multiple_choice_cloze"][0]["agrees"] is None
+    report = write_report(tmp_path, results=summarise(letters), paths={"metrics": tmp_path / "none.jsonl"}, summary={})
+    assert "letter of the text written" not in report.read_text()
 
 
 def test_cloze_picks_the_option_the_model_finds_most_likely_per_character(tiny_model):
