@@ -373,4 +373,7 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"multiple choice as cloze (option text by likelihood, not scored by the check): model "
                      f"{overall['model']:.1%} vs chance {overall['chance']:.1%}, majority {overall['majority']:.1%} "
                      f"(by letter: {overall['letter']:.1%})")
+        if overall.get("agrees") is not None:
+            lines.append(f"multiple choice in the option form: the option text written right {overall['text']:.1%}, "
+                         f"the letter after it that text's own {overall['agrees']:.1%}")
     return "\n".join(lines)

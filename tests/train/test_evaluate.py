@@ -15,6 +15,7 @@ from train.evaluate import (
     correct_option,
     held_out_items,
     item_kind,
+    format_table,
     score_options_by_likelihood,
     summarise,
 )
@@ -116,6 +117,7 @@ def test_option_form_answers_tell_a_wrong_text_from_a_wrong_letter(tmp_path):
     report = write_report(tmp_path, results=results, paths={"metrics": tmp_path / "none.jsonl"}, summary={})
     assert "| option text right | letter of the text written |" in report.read_text()
     assert "| all | 4 | 50.0% | 50.0% | 66.7% | 100.0% |" in report.read_text()
+    assert "option text written right 50.0%, the letter after it that text's own 66.7%" in format_table(results)
     # answered by letter alone: no such columns
     letters = [item("MC", "color_of_shape", MULTIPLE_CHOICE, "C", options, "C")]
     add_baselines(letters)
