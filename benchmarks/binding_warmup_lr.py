@@ -20,13 +20,14 @@ import random
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.train_throughput import demo_dataset  # noqa: E402
 from generators.procedural.vocabulary import OBJECT_COLORS, PATTERN_ANSWERS, SHAPES  # noqa: E402
 from train.binding_warmup import choice_questions, told_conversation, warm_up_binding  # noqa: E402
 from train.choices import ChoiceQuestion  # noqa: E402
@@ -51,8 +52,8 @@ def option_kind(question: ChoiceQuestion) -> str:
     return "yes/no" if answer in ("Yes", "No") else "other"
 
 
-def letter_given_text(model, questions: list[ChoiceQuestion], form: str) -> dict[str, tuple[int, float]]:
-    """kind -> (questions, share whose letter greedy decoding writes after the right option's text)."""
+def letter_given_text(model, questions: list[ChoiceQuestion], form: str) -> dict[str, float]:
+    """kind -> the share of its questions whose letter greedy decoding writes after the right option's text."""
     rng = random.Random(1)  # the same letterings for every LR
     conversations = [told_conversation(question, rng, form) for question in questions]
     model.eval()
@@ -61,16 +62,7 @@ def letter_given_text(model, questions: list[ChoiceQuestion], form: str) -> dict
     hits: dict[str, list[bool]] = defaultdict(list)
     for question, score in zip(questions, scores):
         hits[option_kind(question)].append(score.last_greedy)
-    return {kind: (len(v), sum(v) / len(v)) for kind, v in hits.items()}
-
-
-def demo_dataset(work: Path) -> Path:
-    from pipeline.config import load_config
-    from pipeline.synthesis import synthesize
-
-    out = work / "dataset"
-    synthesize(load_config("demo", ["ray.progress=false"]), out, use_ray=False)
-    return out
+    return {kind: sum(v) / len(v) for kind, v in hits.items()}
 
 
 def main() -> None:
@@ -98,13 +90,13 @@ def main() -> None:
             seconds = time.perf_counter() - started
             rows.append((lr, seconds, result["held_out_accuracy"]["after"],
                          letter_given_text(model, held_out, config.data.multiple_choice_answer)))
-    counts = {kind: n for *_, by_kind in rows[:1] for kind, (n, _) in by_kind.items()}
+    counts = Counter(option_kind(question) for question in held_out)
     print(f"binding warm-up of the demo config ({config.binding_warmup.steps} steps of "
           f"{config.binding_warmup.batch_size}); the letter written after the right option's text on the "
           f"{len(held_out)} multiple-choice questions of the held-out split, by kind of option (questions):")
-    print(f"{'LR':>8} {'seconds':>8} {'warm-up':>8} " + " ".join(f"{f'{k} ({counts.get(k, 0)})':>13}" for k in KINDS))
+    print(f"{'LR':>8} {'seconds':>8} {'warm-up':>8} " + " ".join(f"{f'{k} ({counts[k]})':>13}" for k in KINDS))
     for lr, seconds, own, by_kind in rows:
-        cells = " ".join(f"{100 * by_kind[k][1]:12.1f}%" if k in by_kind else f"{'-':>13}" for k in KINDS)
+        cells = " ".join(f"{100 * by_kind[k]:12.1f}%" if k in by_kind else f"{'-':>13}" for k in KINDS)
         print(f"{lr:>8} {seconds:8.0f} {100 * own:7.1f}% {cells}")
 
 

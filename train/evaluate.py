@@ -329,14 +329,15 @@ def option_form_shares(items: Sequence[EvalItem]) -> dict[str, float | None]:
     """For answers in the option form ("red: B"), what a letter's miss comes from: `text`, how often the option text
     written is the right one (of all the items), and `agrees`, how often the letter written after it is that text's
     own letter (of the items that wrote an option's text and a letter): the lookup. None without such answers."""
-    written = [(item, written_option(item.prediction, item.options)) for item in items]
-    answered = [(item, found) for item, found in written if found is not None]
+    answered = []  # (item, the letter of the option text written, the letter written after it)
+    for item in items:
+        found = written_option(item.prediction, item.options)
+        if found is not None:
+            answered.append((item, string.ascii_uppercase[found[0]], found[1]))
     if not answered:
         return {"text": None, "agrees": None}
-    right = [normalize_answer(item.options[index]) == normalize_answer(correct_option(item))
-             for item, (index, _) in answered]
-    return {"text": sum(right) / len(items),
-            "agrees": statistics.fmean(letter == string.ascii_uppercase[index] for _, (index, letter) in answered)}
+    return {"text": sum(text == option_letter(item.reference, item.options) for item, text, _ in answered) / len(items),
+            "agrees": statistics.fmean(letter == text for _, text, letter in answered)}
 
 
 def evaluate(model: FusionModel | str | Path, dataset: str, out: Path, config: EvalSection, *, seed: int = 0,

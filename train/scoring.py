@@ -22,8 +22,7 @@ METRIC_NAMES = {MULTIPLE_CHOICE: "accuracy (option letter)", YES_NO: "accuracy (
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
 _LETTER = re.compile(r"^\(?([A-Z])(?:[).:\s]|$)")
-_LETTER_AFTER_OPTION = re.compile(r":\s*([A-Z])\s*$")  # "red: B": train.choices.option_and_letter
-_OPTION_THEN_LETTER = re.compile(r"^(.*?):\s*([A-Z])\s*$", re.DOTALL)
+_OPTION_THEN_LETTER = re.compile(r"^(.*?):\s*([A-Z])\s*$", re.DOTALL)  # "red: B": train.choices.option_and_letter
 
 
 def normalize_answer(text: str) -> str:
@@ -39,27 +38,26 @@ def option_letter(prediction: str, options: list[str]) -> str | None:
     """The letter a prediction picks: a letter after the option's text ("red: B"), a leading letter, or the text of
     one option."""
     text = prediction.strip()
-    for match in (_LETTER_AFTER_OPTION.search(text), _LETTER.match(text)):
-        if match and (not options or ord(match.group(1)) - ord("A") < len(options)):
-            return match.group(1)
+    after_option, leading = _OPTION_THEN_LETTER.match(text), _LETTER.match(text)
+    for letter in (after_option and after_option.group(2), leading and leading.group(1)):
+        if letter and (not options or ord(letter) - ord("A") < len(options)):
+            return letter
+    index = option_index(text, options)
+    return None if index is None else string.ascii_uppercase[index]
+
+
+def option_index(text: str, options: list[str]) -> int | None:
+    """The index of the option `text` names (compared after answer normalisation), or None."""
     normalized = normalize_answer(text)
-    for index, option in enumerate(options):
-        if normalize_answer(option) == normalized:
-            return string.ascii_uppercase[index]
-    return None
+    return next((index for index, option in enumerate(options) if normalize_answer(option) == normalized), None)
 
 
 def written_option(prediction: str, options: list[str]) -> tuple[int, str] | None:
     """(index of the option whose text an answer in the option form writes, the letter it writes after it): (2, "B")
     for "green: B" among red, blue, green; None when the prediction is not one option's text and a letter."""
     match = _OPTION_THEN_LETTER.match(prediction.strip())
-    if match is None:
-        return None
-    text = normalize_answer(match.group(1))
-    for index, option in enumerate(options):
-        if normalize_answer(option) == text:
-            return index, match.group(2)
-    return None
+    index = None if match is None else option_index(match.group(1), options)
+    return None if index is None else (index, match.group(2))
 
 
 def yes_no(text: str) -> str | None:

@@ -107,8 +107,7 @@ def warm_start_model(config: TrainConfig, out: Path, *, data: str | None, resume
     if (folder / WEIGHTS_FILE).is_file():
         logger.info("starting the ranks from the warmed model already in %s", folder)
         return folder
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    info = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    info = init_distributed()  # one process here: train() starts the ranks only when nothing launched it
     sources, model = _run_folder_and_model(config, out, info)
     _warm_up(model, sources, config, out, info)
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
