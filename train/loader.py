@@ -199,15 +199,15 @@ def slot_shards(source: Source, *, seed: int, epoch: int, slot: int, slots: int,
     worker) is a partition that holds for the whole epoch; later passes only reorder a slot's own shards."""
     shards = list(source.shards)
     if resampled:  # each slot draws its own shards with replacement: no split needed
-        rng = random.Random(derive_seed(seed, "resample", source.name, epoch, slot, round_))
+        rng = random.Random(derive_seed(seed, "resample", source.seed_key, epoch, slot, round_))
         return [rng.choice(shards) for _ in shards], False
     order = shards[:]
-    random.Random(derive_seed(seed, "shards", source.name, epoch)).shuffle(order)
+    random.Random(derive_seed(seed, "shards", source.seed_key, epoch)).shuffle(order)
     if len(shards) < slots or split_samples:
         return order, False  # too few shards (or asked): every slot reads them all and keeps every n-th sample
     mine = order[slot::slots]
     if round_:
-        random.Random(derive_seed(seed, "pass", source.name, epoch, slot, round_)).shuffle(mine)
+        random.Random(derive_seed(seed, "pass", source.seed_key, epoch, slot, round_)).shuffle(mine)
     return mine, True
 
 

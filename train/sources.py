@@ -50,6 +50,9 @@ class Shard:
 class Source:
     spec: SourceSpec
     shards: tuple[Shard, ...]
+    # What the source's shuffles are seeded with: its name, else its place in the mixture. Never its path, so the
+    # same data read from another folder, mount or URL is trained on in the same order.
+    seed_key: str = ""
 
     @property
     def name(self) -> str:
@@ -69,8 +72,9 @@ def resolve_sources(specs: Iterable[SourceSpec], seed: int) -> list[Source]:
     for index, spec in enumerate(specs):
         if spec.path is None:
             raise DataSourceError(f"data.sources.{index} ({spec.label}) names no path: give --data or set its path")
-        shards = select(list_shards(spec), spec.sampling, derive_seed(seed, "sampling", spec.label))
-        source = Source(spec, tuple(shard for shard in shards if shard.selected > 0))
+        seed_key = spec.name or f"source-{index}"
+        shards = select(list_shards(spec), spec.sampling, derive_seed(seed, "sampling", seed_key))
+        source = Source(spec, tuple(shard for shard in shards if shard.selected > 0), seed_key)
         if not source.shards:
             raise DataSourceError(f"data source {spec.label!r} selects no sample (sampling={spec.sampling!r})")
         logger.info("source %s: %d shards, %d samples selected (%s)", source.name, len(source.shards),

@@ -178,6 +178,22 @@ def test_a_loader_resumed_from_a_position_continues_exactly(builder, tmp_path, w
     assert [b.batch.latent_count for b in resumed] == [b.batch.latent_count for b in uninterrupted[5:]]
 
 
+def test_the_same_data_in_another_folder_is_read_in_the_same_order(builder, tmp_path):
+    """Shuffles are seeded by the source's name or place in the mixture, not its path: a dataset moved to another
+    disk, mount or run folder trains the same way."""
+    tars = [write_tar(tmp_path / "a" / f"m-{i:05d}.tar", image_samples(f"m{i}", 4)) for i in range(6)]
+    write_sizes(tmp_path / "a", tars, [4] * 6)
+    shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "b")
+
+    def order(folder, **source):
+        loader = make_loader(builder, folder / "*.tar", batches=10, sampling="random:20", **source)
+        return keys_of(loader.epoch(0)), keys_of(loader.epoch(1))
+
+    here, moved = order(tmp_path / "a"), order(tmp_path / "elsewhere" / "b")
+    assert here == moved and here[0] != here[1]
+    assert order(tmp_path / "a", name="mine") == order(tmp_path / "elsewhere" / "b", name="mine") != here
+
+
 def test_fsspec_urls_and_manifest_completeness(builder, small_dataset, tmp_path):
     url = f"file://{small_dataset}/data/SynthColor/train-*.tar"
     loader = make_loader(builder, url, batches=2)
