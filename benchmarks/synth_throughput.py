@@ -226,5 +226,6 @@ def main() -> None:
                   f"of its rate alone; not busy {elapsed - busy:.1f} s of {elapsed:.1f} s (its start, waiting, "
                   f"the tail)")
 
+
 if __name__ == "__main__":
     main()

@@ -52,7 +52,7 @@ class Source:
     shards: tuple[Shard, ...]
     # What the source's shuffles are seeded with: its name, else its place in the mixture. Never its path, so the
     # same data read from another folder, mount or URL is trained on in the same order.
-    seed_key: str = ""
+    seed_key: str
 
     @property
     def name(self) -> str:
