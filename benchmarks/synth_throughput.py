@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--model-samples", type=int, default=10000)
     parser.add_argument("--part", choices=("1", "2", "both"), default="both", help="run one part only")
     args = parser.parse_args()
-    run_part = {"1": args.part in ("1", "both"), "2": args.part in ("2", "both")}
+    part_1, part_2 = args.part != "2", args.part != "1"
 
     cpu_modes = {
         PLAIN: (config_for(args.samples, args.unit_size), False),
@@ -181,13 +181,13 @@ def main() -> None:
     startup = time.perf_counter() - start
     try:
         for _ in range(args.rounds):
-            if run_part["1"]:
+            if part_1:
                 capacity.append(parallel_capacity(cpu_modes[PLAIN][0], CAPACITY_UNITS * args.unit_size))
                 for name, (config, use_ray) in cpu_modes.items():
                     rate, busy_ratio, _ = timed_run(config, work / "cpu", use_ray)
                     cpu_rates[name].append(rate)
                     cpu_busy[name].append(busy_ratio)
-            if not run_part["2"]:
+            if not part_2:
                 continue
             for name, (config, use_ray) in model_modes.items():
                 rate, busy_ratio, busy_rates = timed_run(config, work / "model", use_ray)
@@ -201,7 +201,7 @@ def main() -> None:
 
     print(f"\nsynthesis throughput: {args.rounds} interleaved rounds, units of {args.unit_size}, {os.cpu_count()} cores; "
           f"Ray start-up and warm-up {startup:.1f} s, not counted; load average now {os.getloadavg()[0]:.2f}")
-    if run_part["1"]:
+    if part_1:
         samples = sum(c.train + c.test for c in cpu_modes[PLAIN][0].categories.values())
         report(f"part 1: CPU stages, {samples} samples", cpu_rates, cpu_busy, PLAIN)
         ratio = statistics.median(cpu_rates["ray pipeline, 2 workers"]) / statistics.median(cpu_rates[PLAIN])
@@ -210,7 +210,7 @@ def main() -> None:
         print(f"machine: two processes at once do {machine:.2f}x the work of one on these stages "
               f"(rounds: {', '.join(f'{c:.2f}' for c in capacity)}); the 2-worker pipeline reached "
               f"{ratio / machine:.0%} of that")
-    if run_part["2"]:
+    if part_2:
         model_samples = sum(c.train + c.test for c in model_config.categories.values())
         report(f"part 2: procedural -> torch model (actor, batch {MODEL_BATCH}) -> rules -> writer, "
                f"{model_samples} samples", model_rates, model_busy, LIMIT)

@@ -108,15 +108,15 @@ def test_option_form_answers_tell_a_wrong_text_from_a_wrong_letter(tmp_path):
     add_baselines(items)
     for i in items:
         i.cloze_choice, i.cloze_score = "green", 1.0
-    overall, per_type = summarise(items)["multiple_choice_cloze"]
+    results = summarise(items)
+    overall, per_type = results["multiple_choice_cloze"]
     assert overall["letter"] == pytest.approx(0.5)  # "green: C" and "C"
     assert overall["text"] == pytest.approx(2 / 4)  # of every item: the letter alone wrote no text
     assert overall["agrees"] == pytest.approx(2 / 3)  # of the three that wrote a text and a letter
     assert per_type["agrees"] == overall["agrees"]
-    results = summarise(items)
-    report = write_report(tmp_path, results=results, paths={"metrics": tmp_path / "none.jsonl"}, summary={})
-    assert "| option text right | letter of the text written |" in report.read_text()
-    assert "| all | 4 | 50.0% | 50.0% | 66.7% | 100.0% |" in report.read_text()
+    report = write_report(tmp_path, results=results, paths={"metrics": tmp_path / "none.jsonl"}, summary={}).read_text()
+    assert "| option text right | letter of the text written |" in report
+    assert "| all | 4 | 50.0% | 50.0% | 66.7% | 100.0% |" in report
     assert "option text written right 50.0%, the letter after it that text's own 66.7%" in format_table(results)
     # answered by letter alone: no such columns
     letters = [item("MC", "color_of_shape", MULTIPLE_CHOICE, "C", options, "C")]
