@@ -514,13 +514,19 @@ class FusionModel(nn.Module):
         tile_features = None
         question_embeddings = None
         guided_tiles = needs_tiles and self.config.guides_tiles_by_question
+        # With one tile the tile is the full view's own pixels (StaticHdImageProcessor): its patches are embedded
+        # once, and without TUNE its features are the full view's.
+        one_tile = self.config.image.tile_grid == 1
         if self.config.use_tune:
             question_embeddings, guide = self.vit_text_guide(batch.vit_text_ids)
-            encoding = self.vision(full_views, guide, batch.vit_text_mask)
-            if guided_tiles:
-                tile_features = self._question_guided_tile_features(tiles, batch)
-            elif needs_tiles:
-                tile_features = self.vision(tiles).features
+            patches = self.vision.embed_patches(full_views)
+            encoding = self.vision.encode_embedded(patches, guide, batch.vit_text_mask)
+            if needs_tiles:
+                tile_patches = patches if one_tile else self.vision.embed_patches(tiles)
+                tile_features = (self._question_guided_tile_features(tile_patches, batch) if guided_tiles
+                                 else self.vision.encode_embedded(tile_patches).features)
+        elif needs_tiles and one_tile:
+            encoding = self.vision(full_views)  # the tile map is read from the full view's image tokens below
         elif needs_tiles:
             # Without text the full view and the tiles share one ViT batch.
             encoding = self.vision(pixels.flatten(0, 1))
@@ -553,6 +559,8 @@ class FusionModel(nn.Module):
         tile_map = None
         if tile_features is not None:
             tile_map = stitch_tiles(self.mm_projector(tile_features.to(projector_dtype)), self.config.image.tile_grid)
+        elif needs_tiles:  # one text-free tile: the full view itself
+            tile_map = stitch_tiles(projected[:, :num_patches], 1)
         return _ImageFeatures(
             image_tokens=image_tokens,
             tile_map=tile_map,
@@ -561,11 +569,11 @@ class FusionModel(nn.Module):
             tile_map_per_block=guided_tiles,
         )
 
-    def _question_guided_tile_features(self, tiles: torch.Tensor, batch: FusionBatch) -> torch.Tensor:
+    def _question_guided_tile_features(self, embedded: torch.Tensor, batch: FusionBatch) -> torch.Tensor:
         """(NB * g*g, s*s, C) connector input of each latent block's tiles, encoded beside that block's own question
-        (card.question_guided_tiles); each image's tiles are embedded once, whatever its number of turns."""
+        (card.question_guided_tiles), from the (NI * g*g, P, C) tile patches embedded once per image, whatever its
+        number of turns."""
         per_image = self.config.image.tile_grid**2
-        embedded = self.vision.embed_patches(tiles)
         block_tiles = embedded.unflatten(0, (-1, per_image))[self.block_images(batch)].flatten(0, 1)
         _, guide = self.vit_text_guide(batch.latent_vit_text_ids)
         guide = guide.repeat_interleave(per_image, dim=0)

@@ -474,3 +474,50 @@ def test_a_normalized_guide_input_ignores_the_scale_of_the_question_embeddings(t
     scaled_embeddings, scaled_guide = model.vit_text_guide(ids)
     assert torch.allclose(scaled_embeddings, 10.0 * embeddings)  # the DSM text target keeps the raw embeddings
     assert torch.allclose(scaled_guide, guide, atol=2e-3) == normalized  # (up to the norm's epsilon)
+
+
+@pytest.mark.parametrize("variant", ["tune", "guided-tiles", "no-tune"])
+def test_one_tile_is_embedded_once_and_reads_as_a_separately_encoded_tile(tiny_checkpoints, variant):
+    """With tile_grid 1 the tile is the full view's own pixels: the patch embedding runs once per image, and CARD's
+    tile map equals the one encoded from the tile on its own, as the tower would for a grid of tiles."""
+    from model.card import stitch_tiles
+    from model.config import ImageConfig
+    from train.flops import FusionFlops
+
+    config = tiny_config(tiny_checkpoints, image=ImageConfig(image_size=32, tile_grid=1))
+    if variant == "guided-tiles":
+        config = config.replace(card=dataclasses.replace(config.card, question_guided_tiles=True))
+    if variant == "no-tune":
+        config = config.replace(use_tune=False, use_multi_level_connector=False, dsm_weight=0.0)
+    torch.manual_seed(0)
+    model = FusionModel.from_config(config).eval()
+    batch = training_batch(model)
+    assert torch.equal(batch.pixel_values[:, 0], batch.pixel_values[:, 1])  # the tile is the full view
+
+    embedded_rows = []
+    model.vision.tower.embeddings.register_forward_hook(lambda m, args, out: embedded_rows.append(out.shape[0]))
+    with torch.no_grad():
+        features = model.encode_images(batch, compute_dsm=False)
+        assert embedded_rows == [batch.num_images]
+
+        tiles = batch.pixel_values[:, 0]
+        if variant == "guided-tiles":
+            tile_features = model._question_guided_tile_features(model.vision.embed_patches(tiles), batch)
+        else:
+            tile_features = model.vision(tiles).features
+        expected = stitch_tiles(model.mm_projector(tile_features), 1)
+    torch.testing.assert_close(features.tile_map, expected, rtol=1e-5, atol=1e-6)
+
+    # the FLOPs count the patch embedding once per image, and no text-free tile pass without TUNE
+    flops = FusionFlops.of(model)
+    with_stem = dataclasses.replace(flops, patch_embedding_macs=flops.patch_embedding_macs + 1000)
+    assert with_stem.step_flops(batch) - flops.step_flops(batch) == 6 * 1000 * batch.num_images
+    vit_tokens = (dataclasses.replace(flops, vit_dense=flops.vit_dense + 1).step_flops(batch)
+                  - flops.step_flops(batch)) / 6
+    one_view = flops.patches + (batch.vit_text_mask.shape[1] if variant != "no-tune" else 0)
+    tile_views = {"tune": batch.num_images, "guided-tiles": 0, "no-tune": 0}[variant]
+    tile_tokens = tile_views * flops.patches
+    if variant == "guided-tiles":  # once per latent block, beside its question
+        tile_tokens = batch.latent_positions.shape[0] * (flops.patches + batch.latent_vit_text_mask.shape[1])
+    text_only = float(batch.text_only_vit_text_mask.sum())
+    assert vit_tokens == pytest.approx(batch.num_images * one_view + tile_tokens + text_only)

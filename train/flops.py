@@ -47,6 +47,7 @@ class FusionFlops:
     aux_projector: int
     interaction: int  # parameters of all interaction layers
     question_guided_tiles: bool = False  # tiles encoded once per latent block, beside its question
+    text_guided: bool = True  # TUNE: the full view is encoded beside its question, so a tile differs from it
 
     @classmethod
     def of(cls, model: FusionModel) -> FusionFlops:
@@ -63,7 +64,7 @@ class FusionFlops:
                                                        model.config.image.image_size, grid * grid),
             mm_projector=_count(model.mm_projector), aux_projector=_count(model.aux_projector),
             interaction=_count(model.card),
-            question_guided_tiles=model.config.guides_tiles_by_question,
+            question_guided_tiles=model.config.guides_tiles_by_question, text_guided=model.config.use_tune,
         )
 
     def llm_flops_per_token(self, seq_len: int) -> float:
@@ -80,16 +81,21 @@ class FusionFlops:
         images = batch.num_images
         text = float(batch.vit_text_mask.shape[1]) if batch.vit_text_mask.numel() else 0.0
         full_view = self.patches + text
-        if self.question_guided_tiles:  # every latent block's tiles, beside its own question
+        # As FusionModel.encode_images runs them: tiles only for CARD's latents; one tile is the full view's own
+        # pixels, embedded once, and without TUNE its features are the full view's.
+        blocks = tile_views = tile_text = 0.0
+        uses_tiles = batch.latent_count > 0
+        if uses_tiles and self.question_guided_tiles:  # every latent block's tiles, beside its own question
             blocks = float(batch.latent_positions.shape[0])
             tile_views, tile_text = blocks * self.tiles, float(batch.latent_vit_text_mask.shape[1])
-        else:
-            blocks, tile_views, tile_text = 0.0, images * self.tiles, 0.0
+        elif uses_tiles and (self.tiles > 1 or self.text_guided):
+            tile_views = images * self.tiles
         tile_view = self.patches + tile_text
         vit_tokens = images * full_view + tile_views * tile_view + float(batch.text_only_vit_text_mask.sum())
         vit_attention = images * full_view**2 + tile_views * tile_view**2
         flops += 6 * self.vit_dense * vit_tokens + 12 * self.vit_layers * self.vit_width * vit_attention
-        flops += 6 * self.patch_embedding_macs * images * (1 + self.tiles)
+        embedded_views = images * (1 + self.tiles) if uses_tiles and self.tiles > 1 else images
+        flops += 6 * self.patch_embedding_macs * embedded_views
         flops += 6 * self.mm_projector * vit_tokens
         flops += 6 * self.aux_projector * (images * (text + self.patches) + blocks * tile_text)
         flops += 6 * self.interaction * float(batch.latent_positions.numel())
