@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from pipeline.config import RunConfig
 from pipeline.planning import WorkUnit
-from pipeline.progress import ProgressBoard, RayProgressReporter, ray_progress_board
+from pipeline.progress import ProgressBoard, RayProgressReporter, ray_progress_board, release_progress_board
 from pipeline.resources import WRITER_CPUS, ray_map_args
 from pipeline.stage import RunContext
 from pipeline.unit_work import Segment, SegmentWorker, UnitInFlight, UnitOutcome, WriterWorker, plan_segments
@@ -128,7 +128,7 @@ class RayExecutor:
 
     def close(self) -> None:
         self._remove_placement_groups()
-        self._ray.kill(self.board)
+        release_progress_board(self.board)
 
 
 def _wait_for_release(available_before: dict[str, float], timeout: float = 60.0) -> None:
@@ -144,13 +144,16 @@ def _wait_for_release(available_before: dict[str, float], timeout: float = 60.0)
     import ray
 
     deadline = time.monotonic() + timeout
+    delay = 0.01  # task-only executions give their CPUs back within milliseconds: poll fast, then back off
     while True:
-        gc.collect()
+        if delay >= 0.1:
+            gc.collect()  # a reference cycle may still hold an actor
         now = ray.available_resources()
         short = {k: v for k, v in available_before.items() if k in ("CPU", "GPU") and now.get(k, 0.0) < v - 1e-6}
         if not short or time.monotonic() > deadline:
             break
-        time.sleep(0.2)
+        time.sleep(delay)
+        delay = min(0.2, 2 * delay)
     if short:
         logger.warning("the last round's workers still hold %s after %.0f s", short, timeout)
 

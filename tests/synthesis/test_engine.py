@@ -282,6 +282,33 @@ def test_progress_is_counted_per_stage_in_samples(tmp_path):
     assert state["locations"] == {u.unit_id: "rules" for u in units}  # the last stage each unit entered
 
 
+def test_a_drivers_ray_runs_reuse_one_board_cleared_for_each_run(local_ray, tmp_path):
+    import ray
+
+    from pipeline.executors import RayExecutor
+    from pipeline.planning import plan_round, split_targets
+    from pipeline.synthesis import run_context
+
+    config = small_config("categories={SynthColor: {train: 6}}")
+    units = plan_round(split_targets({"SynthColor": {"train": 6}}, 2.0), {}, 0, 3, 0)
+    boards = []
+    for attempt in range(2):
+        executor = RayExecutor(config, tmp_path / str(attempt), run_context(config), use_cache=True)
+        assert all(o.ok for o in executor.run(units))
+        state = executor.snapshot()
+        assert state["records"] == {"procedural_scene": 6, "rules": 6, "writer": 6}  # this run's alone
+        assert state["locations"] == {u.unit_id: "rules" for u in units}
+        boards.append(executor.board)
+        executor.close()
+    assert boards[0]._actor_id == boards[1]._actor_id  # no new actor process per run
+    # a board that died meanwhile is replaced by a new one
+    ray.kill(boards[1])
+    executor = RayExecutor(config, tmp_path / "2", run_context(config), use_cache=True)
+    assert executor.board._actor_id != boards[1]._actor_id
+    assert executor.snapshot()["records"] == {}
+    executor.close()
+
+
 def test_the_index_refuses_a_key_found_in_two_shards(synth_output, tmp_path):
     from pipeline.indexing import check_unique_keys, load_manifest
     from pipeline.layout import OutputLayout
