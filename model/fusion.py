@@ -316,10 +316,11 @@ class FusionModel(nn.Module):
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # -- forward --------------------------------------------------------------------------------------------------
-    def forward(self, batch: FusionBatch, *, loss_chunk_tokens: int | None = None) -> FusionOutput:
+    def forward(self, batch: FusionBatch, *, loss_chunk_tokens: int | None = None, dsm: bool = True) -> FusionOutput:
         """Logits and, with labels, the loss. With `loss_chunk_tokens` the LM loss is computed from the final
-        hidden states in chunks of that many supervised tokens and no logits are returned (training)."""
-        compute_dsm = batch.labels is not None and self.config.dsm_weight > 0
+        hidden states in chunks of that many supervised tokens and no logits are returned (training). `dsm=False`
+        skips the DSM terms (and the ViT pass of text-only samples' questions) for callers that use `lm_loss` alone."""
+        compute_dsm = dsm and batch.labels is not None and self.config.dsm_weight > 0
         embeddings, card_context, dsm = self.prepare_inputs(batch, compute_dsm=compute_dsm)
         chunked = loss_chunk_tokens is not None and batch.labels is not None
         if chunked:

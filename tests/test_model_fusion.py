@@ -521,3 +521,15 @@ def test_one_tile_is_embedded_once_and_reads_as_a_separately_encoded_tile(tiny_c
         tile_tokens = batch.latent_positions.shape[0] * (flops.patches + batch.latent_vit_text_mask.shape[1])
     text_only = float(batch.text_only_vit_text_mask.sum())
     assert vit_tokens == pytest.approx(batch.num_images * one_view + tile_tokens + text_only)
+
+
+def test_a_forward_without_dsm_gives_the_same_lm_loss_and_skips_the_text_only_vit_pass(tiny_model):
+    batch = tiny_model.sequence_builder.collate([(None, TEXT_CONVERSATION)], latent_count=0)
+    vit_calls = []
+    tiny_model.vision.tower.encoder.layers[0].register_forward_hook(lambda m, a, o: vit_calls.append(1))
+    with_dsm = tiny_model(batch)
+    assert vit_calls and with_dsm.dsm_text is not None  # the question rebuilt through the ViT
+    vit_calls.clear()
+    without = tiny_model(batch, dsm=False)
+    assert vit_calls == [] and without.dsm_text is None and torch.equal(without.loss, without.lm_loss)
+    assert torch.equal(without.lm_loss, with_dsm.lm_loss)

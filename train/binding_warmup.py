@@ -132,7 +132,8 @@ def _fit(model: FusionModel, questions: list[ChoiceQuestion], config: BindingWar
     def step_losses() -> dict[str, torch.Tensor]:
         conversations = [told_conversation(questions[rng.randrange(len(questions))], rng, form)
                          for _ in range(config.batch_size)]
-        return {"loss": model(builder.collate([(None, c) for c in conversations], latent_count=0).to(device)).lm_loss}
+        batch = builder.collate([(None, c) for c in conversations], latent_count=0).to(device)
+        return {"loss": model(batch, dsm=False).lm_loss}  # the decoder's loss alone: no DSM pass through the ViT
 
     was_training = model.training
     model.train()
