@@ -76,12 +76,13 @@ def category_scores(root: Path, manifest: dict[str, Any], max_rows: int = 200_00
         for shard in (s for s in manifest["shards"] if s["category"] == category):
             if rows >= max_rows:
                 break
-            table = pq.read_table(root / shard["parquet"])
+            path = root / shard["parquet"]
+            # the score columns alone: a shard's parquet also holds every record's JSON
+            table = pq.read_table(path, columns=[n for n in pq.read_schema(path).names if n.startswith(SCORE_PREFIX)])
             rows += table.num_rows
             for name in table.column_names:
-                if name.startswith(SCORE_PREFIX):
-                    values = [v for v in table.column(name).to_pylist() if v is not None]
-                    scores.accepted.setdefault(name.removeprefix(SCORE_PREFIX), []).extend(values)
+                values = [v for v in table.column(name).to_pylist() if v is not None]
+                scores.accepted.setdefault(name.removeprefix(SCORE_PREFIX), []).extend(values)
         rows = 0
         for path in _rejects_paths(root, manifest, category):
             if rows >= max_rows:

@@ -104,3 +104,22 @@ def test_the_card_has_the_pass_rates_and_histograms(filtered_dataset):
         with Image.open(filtered_dataset / image) as png:
             assert png.format == "PNG"
     assert validate_card(filtered_dataset) == []
+
+
+def test_the_cards_accepted_scores_are_every_shards_score_columns(filtered_dataset):
+    import pyarrow.parquet as pq
+
+    from pipeline.indexing import load_manifest
+    from pipeline.inspect.collect import category_scores
+
+    manifest = load_manifest(filtered_dataset)
+    found = category_scores(filtered_dataset, manifest)
+    assert found
+    for category, scores in found.items():
+        expected: dict[str, list[float]] = {}
+        for shard in (s for s in manifest["shards"] if s["category"] == category):
+            table = pq.read_table(filtered_dataset / shard["parquet"])
+            for name in (n for n in table.column_names if n.startswith("score/")):
+                expected.setdefault(name.removeprefix("score/"), []).extend(
+                    v for v in table.column(name).to_pylist() if v is not None)
+        assert expected and scores.accepted == expected
