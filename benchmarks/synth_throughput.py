@@ -20,10 +20,12 @@ processes at once (the ratio of the work done per second, 2.0 on two free cores)
 pipeline's speed-up beside it, as a share of that capacity.
 
 Rounds are interleaved so machine noise hits every mode alike; medians are reported. Ray's start-up and the
-first start of its worker processes and of the driver's progress-board actor are one-off costs, reported apart. "busy workers" is the time spent
-inside units divided by wall time: how many units were being worked on at once, on average.
+first start of its worker processes and of the driver's progress-board actor are one-off costs, reported apart.
+"busy workers" is the time spent inside units divided by wall time: how many units were being worked on at once,
+on average.
 
-    python benchmarks/synth_throughput.py [--samples 8400] [--unit-size 250] [--rounds 3] [--model-samples 3000]
+    python benchmarks/synth_throughput.py [--samples 8400] [--unit-size 250] [--rounds 3] [--model-samples 10000]
+                                          [--part 1|2|both]
 """
 
 from __future__ import annotations
