@@ -162,11 +162,14 @@ def main() -> None:
     args = parser.parse_args()
     part_1, part_2 = args.part != "2", args.part != "1"
 
-    cpu_modes = {
-        PLAIN: (config_for(args.samples, args.unit_size), False),
-        "ray pipeline, 1 worker": (config_for(args.samples, args.unit_size, cpus_per_unit=RAY_CPUS), True),
-        "ray pipeline, 2 workers": (config_for(args.samples, args.unit_size, cpus_per_unit=1), True),
-    }
+    cpus_per_unit = {PLAIN: 1, "ray pipeline, 1 worker": RAY_CPUS, "ray pipeline, 2 workers": 1}
+    cpu_modes = {name: (config_for(args.samples, args.unit_size, cpus_per_unit=cpus), name != PLAIN)
+                 for name, cpus in cpus_per_unit.items()}
+    # Ray stops a task worker that idles for a second beyond what the running tasks need: the 1-worker mode leaves
+    # one idle, so the next 2-worker run would pay a worker process's start (~1 s here), which a run on a steady
+    # config pays once per Ray session. Each Ray run is therefore preceded by a small untimed run of its mode.
+    warmups = {name: config_for(len(FAMILIES) * 40, 20, cpus_per_unit=cpus_per_unit[name])
+               for name, (_, use_ray) in cpu_modes.items() if use_ray}
     model_config = config_for(args.model_samples, args.unit_size, with_model=True)
     model_modes = {PLAIN: (model_config, False), "ray pipeline (model on an actor)": (model_config, True)}
     LIMIT = "model stage alone (the limit)"
@@ -186,6 +189,9 @@ def main() -> None:
             if part_1:
                 capacity.append(parallel_capacity(cpu_modes[PLAIN][0], CAPACITY_UNITS * args.unit_size))
                 for name, (config, use_ray) in cpu_modes.items():
+                    if name in warmups:
+                        shutil.rmtree(work / "warmup", ignore_errors=True)
+                        synthesize(warmups[name], work / "warmup")
                     rate, busy_ratio, _ = timed_run(config, work / "cpu", use_ray)
                     cpu_rates[name].append(rate)
                     cpu_busy[name].append(busy_ratio)

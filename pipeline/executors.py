@@ -94,10 +94,13 @@ class RayExecutor:
                 yield UnitOutcome(unit, error=worker_died(locations.get(unit.unit_id, "the first stage"), unit,
                                                           retries + 1))
 
-    def _pipeline(self, dataset: Any, segments: list, retries: int) -> Any:
+    def _pipeline(self, dataset: Any, segments: list[Segment], retries: int) -> Any:
         import ray.data
 
-        for segment in segments:
+        writer_args = {"out_dir": self.out_dir, "dataset": self.config.dataset, "retries": retries,
+                       "reporter": self.reporter}
+        writes_in_last_task = writer_joins_task(segments[-1])
+        for number, segment in enumerate(segments, start=1):
             worker_args = {"specs": list(segment.specs), "context": self.context, "plugins": self.config.plugins,
                            "out_dir": self.out_dir, "use_cache": self.use_cache, "retries": retries,
                            "reporter": self.reporter}
@@ -105,18 +108,20 @@ class RayExecutor:
             if segment.uses_model:
                 dataset = dataset.map_batches(_SegmentActor, fn_constructor_kwargs=worker_args, **common,
                                               **ray_map_args(segment.specs[0], retries, self.placement_groups))
+                continue
+            caps = [s.resources.concurrency for s in segment.specs if isinstance(s.resources.concurrency, int)]
+            envs = [s.resources.runtime_env for s in segment.specs if s.resources.runtime_env]
+            if number == len(segments) and writes_in_last_task:
+                task, kwargs = _run_segment_and_write_task, {"writer_args": writer_args, **worker_args}
             else:
-                caps = [s.resources.concurrency for s in segment.specs if isinstance(s.resources.concurrency, int)]
-                envs = [s.resources.runtime_env for s in segment.specs if s.resources.runtime_env]
-                dataset = dataset.map_batches(
-                    _run_segment_task, fn_kwargs=worker_args, **common,
-                    num_cpus=segment.num_cpus,
-                    compute=ray.data.TaskPoolStrategy(size=min(caps)) if caps else None,
-                    max_retries=retries, **({"runtime_env": _merge(envs)} if envs else {}))
-        dataset = dataset.map_batches(
-            _write_units_task, batch_size=1, batch_format="pyarrow", num_cpus=WRITER_CPUS, max_retries=retries,
-            fn_kwargs={"out_dir": self.out_dir, "dataset_config": self.config.dataset, "retries": retries,
-                       "reporter": self.reporter})
+                task, kwargs = _run_segment_task, worker_args
+            dataset = dataset.map_batches(
+                task, fn_kwargs=kwargs, **common, num_cpus=segment.num_cpus,
+                compute=ray.data.TaskPoolStrategy(size=min(caps)) if caps else None,
+                max_retries=retries, **({"runtime_env": _merge(envs)} if envs else {}))
+        if not writes_in_last_task:
+            dataset = dataset.map_batches(_write_units_task, batch_size=1, batch_format="pyarrow",
+                                          num_cpus=WRITER_CPUS, max_retries=retries, fn_kwargs=writer_args)
         return dataset
 
     def _remove_placement_groups(self) -> None:
@@ -244,9 +249,26 @@ def worker_died(stage: str, unit: WorkUnit, times: int) -> str:
             "Python, e.g. out of memory; see the Ray logs)")
 
 
-def _write_units_task(batch: pa.Table, out_dir: str, dataset_config: Any, retries: int, reporter: Any) -> pa.Table:
-    writer = WriterWorker(out_dir, dataset_config, retries, reporter)
-    outcomes = [writer(UnitInFlight.from_row(row)) for row in batch.to_pylist()]
+def writer_joins_task(segment: Segment) -> bool:
+    """Whether the writer runs in the last segment's own task: after CPU stages whose tasks hold at least the
+    writer's CPUs. Ray Data would fuse the two tasks anyway; calling the writer directly also spares pickling the
+    unit's records (a few MB of lossless images) into a block and back. After a model segment the writer stays a
+    task of its own, so an actor holding an accelerator never writes files."""
+    return segment.kind == "cpu" and segment.num_cpus >= WRITER_CPUS
+
+
+def _run_segment_and_write_task(batch: pa.Table, writer_args: dict[str, Any], **worker_args: Any) -> pa.Table:
+    worker = SegmentWorker(**worker_args)
+    writer = WriterWorker(**writer_args)
+    return _outcome_table([writer(worker(_loader(row))) for row in batch.to_pylist()])
+
+
+def _write_units_task(batch: pa.Table, **writer_args: Any) -> pa.Table:
+    writer = WriterWorker(**writer_args)
+    return _outcome_table([writer(UnitInFlight.from_row(row)) for row in batch.to_pylist()])
+
+
+def _outcome_table(outcomes: list[UnitOutcome]) -> pa.Table:
     return pa.table({
         "unit": [json.dumps(o.unit.to_dict()) for o in outcomes],
         "stats": [json.dumps(o.stats) if o.stats is not None else "" for o in outcomes],

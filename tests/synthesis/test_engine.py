@@ -14,8 +14,10 @@ from PIL import Image
 from generators.procedural import ProceduralParams, generate_sample
 from jobs.cli import main
 from pipeline.config import ConfigError
+from pipeline.executors import writer_joins_task
 from pipeline.record import SampleRecord
 from pipeline.synthesis import RunFailed, synthesize
+from pipeline.unit_work import plan_segments
 from tests.synthesis.conftest import small_config
 from tests.synthesis.test_kill_and_resume import wait_for
 from tests.synthesis.test_pipeline import data_files, tar_members
@@ -320,3 +322,17 @@ def test_the_index_refuses_a_key_found_in_two_shards(synth_output, tmp_path):
     shutil.copy(out / first["parquet"], out / second["parquet"])  # as if two shards held the same samples
     with pytest.raises(ValueError, match=rf"sample key '.*' is in both {first['path']} and {second['path']}"):
         check_unique_keys(OutputLayout(out), shards)
+
+
+def test_the_writer_joins_the_last_cpu_task_but_never_a_model_actor():
+    def segments(*entries):
+        return plan_segments(small_config(PLUGINS, stages(*entries)).stages)
+
+    cpu_only = segments("{name: rules}")
+    assert [s.kind for s in cpu_only] == ["cpu"] and writer_joins_task(cpu_only[-1])
+    after_model = segments("{name: rules}", "{name: test_sleep, id: model, resources: {concurrency: 1}}")
+    assert [s.kind for s in after_model] == ["cpu", "model"] and not writer_joins_task(after_model[-1])
+    # A CPU task asking less than the writer's CPU would run the writer on less than it needs.
+    light = plan_segments(small_config("stages=[{name: procedural_scene, resources: {num_cpus: 0.5}}, "
+                                       "{name: rules, resources: {num_cpus: 0.5}}]").stages)
+    assert light[-1].num_cpus == 0.5 and not writer_joins_task(light[-1])
