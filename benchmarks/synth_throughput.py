@@ -20,7 +20,9 @@ processes at once (the ratio of the work done per second, 2.0 on two free cores)
 pipeline's speed-up beside it, as a share of that capacity.
 
 Rounds are interleaved so machine noise hits every mode alike; medians are reported. Ray's start-up and the
-first start of its worker processes and of the driver's progress-board actor are one-off costs, reported apart.
+first start of its worker processes and of the driver's progress-board actor are one-off costs, reported apart;
+each Ray run is preceded by a small untimed run of its own mode, so that no mode pays for worker processes the
+mode before it let Ray stop.
 "busy workers" is the time spent inside units divided by wall time: how many units were being worked on at once,
 on average.
 
