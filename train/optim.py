@@ -41,9 +41,16 @@ def parameter_groups(model: FusionModel, optim: OptimSection) -> list[dict]:
 
 def build_optimizer(model: FusionModel, optim: OptimSection) -> torch.optim.Optimizer:
     groups = parameter_groups(model, optim)
-    fused = all(p.is_cuda for group in groups for p in group["params"])
     return torch.optim.AdamW(groups, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay,
-                             fused=fused or None)
+                             fused=can_fuse([p for group in groups for p in group["params"]]) or None)
+
+
+def can_fuse(parameters: list[torch.nn.Parameter]) -> bool:
+    """torch's fused AdamW: on a GPU, and on CPU for plain tensors (not FSDP's DTensors), where it is ~4x faster than
+    the per-tensor loop torch picks there by default (demo model, 156 tensors: 1.7 ms vs 7.5 ms a step)."""
+    from torch.distributed.tensor import DTensor
+
+    return all(p.is_cuda or (p.device.type == "cpu" and not isinstance(p, DTensor)) for p in parameters)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
@@ -70,7 +77,7 @@ def fit_steps(parameters: list[torch.nn.Parameter], step_losses: Callable[[], di
     """`steps` AdamW steps (no weight decay, gradients clipped at 1.0) on the sum of the named losses `step_losses`
     returns for a new batch each call, the LR ramped over `warmup_ratio` of them, then `schedule` ("cosine" to 0 or
     "constant"); returns each step's named losses. The warm-ups' loop."""
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0, fused=can_fuse(parameters) or None)
     ramp = max(1, int(warmup_ratio * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, ramp, schedule, 0.0))
     history: list[dict[str, float]] = []

@@ -78,9 +78,20 @@ def test_parameter_groups_follow_the_components_and_the_schedule_warms_up_then_d
     assert lrs == {"language_model": 1e-5, "vision_tower": 1e-6, "mm_projector": 1e-5, "aux_projector": 1e-5,
                    "interaction_layers": 1e-5}
     assert all(group["weight_decay"] == 0.0 for group in optimizer.param_groups)
+    assert optimizer.defaults["fused"]  # torch's fused AdamW on CPU too, not its per-tensor loop
     factors = [lr_factor(step, 100, 3, "cosine", 0.0) for step in range(100)]
     assert factors[:3] == [1 / 3, 2 / 3, 1.0] and factors[3] == 1.0
     assert all(a >= b for a, b in zip(factors[3:], factors[4:])) and factors[-1] < 0.01
+
+
+def test_one_process_skips_the_placeholder_passes_only_ranks_need(small_dataset, tmp_path, monkeypatch):
+    calls = []
+    for name in ("_placeholder_vision_pass", "_placeholder_text_pass"):
+        original = getattr(FusionModel, name)
+        monkeypatch.setattr(FusionModel, name, lambda self, *a, _name=name, _original=original:
+                            calls.append(_name) or _original(self, *a))
+    train(tiny("max_steps=3"), tmp_path / "run", data=str(small_dataset))
+    assert calls == []  # DDP and FSDP need them (tests/train/test_distributed.py); one process does not
 
 
 def test_a_half_written_checkpoint_is_never_resumed(small_dataset, tmp_path):
