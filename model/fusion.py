@@ -4,9 +4,9 @@ forward(batch) -> loss and its parts; generate(images, conversations) -> answers
 save_pretrained / from_pretrained (config.json + model.safetensors + tokenizer/).
 
 Every module call of a forward happens inside `FusionModel.forward` (embeddings, projectors, the LM head), so the
-model can be the root of FSDP2 with per-block units. With `uniform_execution` (set by the trainer) a forward runs
-the same modules in the same order whatever the batch holds: a batch without images still runs the vision tower,
-the projectors and every interaction layer on placeholders with zero weight, so DDP needs no
+model can be the root of FSDP2 with per-block units. With `uniform_execution` (set by the trainer under DDP and
+FSDP) a forward runs the same modules in the same order whatever the batch holds: a batch without images still runs
+the vision tower, the projectors and every interaction layer on placeholders with zero weight, so DDP needs no
 `find_unused_parameters` and FSDP ranks issue the same collectives.
 """
 
@@ -118,7 +118,7 @@ class FusionModel(nn.Module):
         self.native_image_grid = self._check_image_geometry(vision_tower)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._sequence_builder: SequenceBuilder | None = None
-        # Same modules on every forward (placeholders with zero weight); the trainer turns it on.
+        # Same modules on every forward (placeholders with zero weight); the trainer turns it on under DDP and FSDP.
         self.uniform_execution = False
         if tokenizer is not None:
             self.attach_tokenizer(tokenizer)
