@@ -80,6 +80,15 @@ def config_for(samples: int, unit_size: int, cpus_per_unit: float = 1, with_mode
     return config
 
 
+def start_ray_workers(work: Path, cpus_per_unit: float) -> None:
+    """A small untimed Ray run with units of `cpus_per_unit` CPUs, so the timed run after it finds its worker
+    processes up. Ray stops a task worker that idles for a second beyond what the running tasks need: the 1-worker
+    mode leaves one idle, and the next 2-worker run would pay a worker process's start (~1 s here), which a run on
+    a steady config pays once per Ray session."""
+    shutil.rmtree(work / "warmup", ignore_errors=True)
+    synthesize(config_for(len(FAMILIES) * 40, 20, cpus_per_unit=cpus_per_unit), work / "warmup")
+
+
 def timed_run(config: RunConfig, out: Path, use_ray: bool) -> tuple[float, float, dict[str, float]]:
     """Samples per second, the average number of units worked on at once, and each stage's samples per busy
     second (from the manifest's cost accounting)."""
@@ -167,11 +176,6 @@ def main() -> None:
     cpus_per_unit = {PLAIN: 1, "ray pipeline, 1 worker": RAY_CPUS, "ray pipeline, 2 workers": 1}
     cpu_modes = {name: (config_for(args.samples, args.unit_size, cpus_per_unit=cpus), name != PLAIN)
                  for name, cpus in cpus_per_unit.items()}
-    # Ray stops a task worker that idles for a second beyond what the running tasks need: the 1-worker mode leaves
-    # one idle, so the next 2-worker run would pay a worker process's start (~1 s here), which a run on a steady
-    # config pays once per Ray session. Each Ray run is therefore preceded by a small untimed run of its mode.
-    warmups = {name: config_for(len(FAMILIES) * 40, 20, cpus_per_unit=cpus_per_unit[name])
-               for name, (_, use_ray) in cpu_modes.items() if use_ray}
     model_config = config_for(args.model_samples, args.unit_size, with_model=True)
     model_modes = {PLAIN: (model_config, False), "ray pipeline (model on an actor)": (model_config, True)}
     LIMIT = "model stage alone (the limit)"
@@ -184,16 +188,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="synth-bench-"))
     start = time.perf_counter()
     ray.init(num_cpus=RAY_CPUS, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    synthesize(config_for(len(FAMILIES) * 40, 20), work / "warmup")  # starts Ray's worker processes
+    start_ray_workers(work, cpus_per_unit=1)
     startup = time.perf_counter() - start
     try:
         for _ in range(args.rounds):
             if part_1:
                 capacity.append(parallel_capacity(cpu_modes[PLAIN][0], CAPACITY_UNITS * args.unit_size))
                 for name, (config, use_ray) in cpu_modes.items():
-                    if name in warmups:
-                        shutil.rmtree(work / "warmup", ignore_errors=True)
-                        synthesize(warmups[name], work / "warmup")
+                    if use_ray:
+                        start_ray_workers(work, cpus_per_unit[name])
                     rate, busy_ratio, _ = timed_run(config, work / "cpu", use_ray)
                     cpu_rates[name].append(rate)
                     cpu_busy[name].append(busy_ratio)

@@ -100,7 +100,7 @@ class RayExecutor:
         writer_args = {"out_dir": self.out_dir, "dataset": self.config.dataset, "retries": retries,
                        "reporter": self.reporter}
         writes_in_last_task = writer_joins_task(segments[-1])
-        for number, segment in enumerate(segments, start=1):
+        for segment in segments:
             worker_args = {"specs": list(segment.specs), "context": self.context, "plugins": self.config.plugins,
                            "out_dir": self.out_dir, "use_cache": self.use_cache, "retries": retries,
                            "reporter": self.reporter}
@@ -111,7 +111,7 @@ class RayExecutor:
                 continue
             caps = [s.resources.concurrency for s in segment.specs if isinstance(s.resources.concurrency, int)]
             envs = [s.resources.runtime_env for s in segment.specs if s.resources.runtime_env]
-            if number == len(segments) and writes_in_last_task:
+            if segment is segments[-1] and writes_in_last_task:
                 task, kwargs = _run_segment_and_write_task, {"writer_args": writer_args, **worker_args}
             else:
                 task, kwargs = _run_segment_task, worker_args
