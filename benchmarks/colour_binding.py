@@ -6,6 +6,12 @@ of some shape in the image, and how often a colour drawn at random among the ima
 A model that sees the colours but does not bind them names a colour of the image almost always, yet is right no
 more often than that random draw; a model that binds beats it.
 
+The same for the multiple-choice form ("What colour is the X?" with four lettered options, answered "green: B"):
+how often the option text written is right, how often it is a colour of the image, how often a random option among
+those the image shows would be right, and the cloze (each option's text scored as the answer without the options,
+`train/evaluate.py`). A model that reads the image as well with the options before it as without them writes a
+colour of the image as often in both forms.
+
 Run: python benchmarks/colour_binding.py outputs/demo [OTHER_RUN ...]  (a few seconds; no model is loaded)
 """
 
@@ -24,7 +30,7 @@ from train.config import SourceSpec  # noqa: E402
 from train.evaluate import PREDICTIONS_FILE  # noqa: E402
 from train.loader import shard_samples  # noqa: E402
 from train.run import DATASET_DIR, EVAL_DIR  # noqa: E402
-from train.scoring import SHORT, normalize_answer  # noqa: E402
+from train.scoring import MULTIPLE_CHOICE, SHORT, normalize_answer, written_option  # noqa: E402
 from train.sources import list_shards  # noqa: E402
 
 QUESTION_TYPE = "color_of_shape"
@@ -42,21 +48,36 @@ def shape_colours(dataset: Path, split: str) -> dict[str, set[str]]:
     return colours
 
 
-def binding_row(run: Path, split: str) -> dict[str, float]:
+def binding_rows(run: Path, split: str) -> dict[str, dict[str, float]]:
+    """Per answer form ("short", "multiple choice"): the questions, and the shares right, naming a colour of the
+    image and right for a random colour of the image (among the options, for multiple choice); multiple choice
+    also its cloze share."""
     colours = shape_colours(run / DATASET_DIR, split)
-    right = present = random_draw = count = 0.0
+    sums: dict[str, Counter] = {"short": Counter(), "multiple choice": Counter()}
     for line in (run / EVAL_DIR / PREDICTIONS_FILE).read_text().splitlines():
         item = json.loads(line)
         in_image = colours.get(item["key"])
-        if item["question_type"] != QUESTION_TYPE or item["kind"] != SHORT or not in_image:
+        if item["question_type"] != QUESTION_TYPE or not in_image:
             continue
-        count += 1
-        right += item["score"]
-        present += normalize_answer(item["prediction"]) in in_image
-        random_draw += 1 / len(in_image)
-    if not count:
+        if item["kind"] == SHORT:
+            row, written, choices = sums["short"], normalize_answer(item["prediction"]), in_image
+            row["right"] += item["score"]
+        elif item["kind"] == MULTIPLE_CHOICE:
+            options = [normalize_answer(option) for option in item["options"]]
+            option = written_option(item["prediction"], item["options"])
+            row, written = sums["multiple choice"], None if option is None else options[option[0]]
+            choices = in_image.intersection(options)  # the right option is a colour of the image
+            row["right"] += written is not None and options.index(written) == ord(item["reference"]) - ord("A")
+            row["cloze"] += item["cloze_score"] or 0.0
+        else:
+            continue
+        row["questions"] += 1
+        row["present"] += written in in_image
+        row["random"] += 1 / len(choices)
+    if not sums["short"]["questions"]:
         raise SystemExit(f"{run}: no short {QUESTION_TYPE} question with a scene graph in its predictions")
-    return {"questions": count, "right": right / count, "present": present / count, "random": random_draw / count}
+    return {form: {name: value / (1 if name == "questions" else row["questions"]) for name, value in row.items()}
+            for form, row in sums.items() if row["questions"]}
 
 
 def main() -> None:
@@ -64,12 +85,15 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="`fusion run` output folders (OUT of `make run`)")
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
-    print(f"short '{QUESTION_TYPE}' questions: right, naming a colour of the image, and a random colour of the image")
-    print(f"{'run':40s} {'questions':>9s} {'right':>7s} {'names a colour of the image':>28s} {'random colour of it':>20s}")
+    print(f"'{QUESTION_TYPE}' questions: the answer (the option text written, for multiple choice) right, naming a "
+          "colour of the image, and a random colour of the image (among the options) right")
+    print(f"{'run':40s} {'form':16s} {'questions':>9s} {'right':>7s} {'names a colour of the image':>28s} "
+          f"{'random colour of it':>20s} {'cloze':>7s}")
     for run in args.runs:
-        row = binding_row(run, args.split)
-        print(f"{run!s:40s} {row['questions']:9.0f} {row['right']:7.1%} {row['present']:28.1%} {row['random']:20.1%}")
-
+        for form, row in binding_rows(run, args.split).items():
+            cloze = f"{row['cloze']:7.1%}" if "cloze" in row else f"{'':7s}"
+            print(f"{run!s:40s} {form:16s} {row['questions']:9.0f} {row['right']:7.1%} {row['present']:28.1%} "
+                  f"{row['random']:20.1%} {cloze}")
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,10 @@ data's own: each question with its options shuffled and lettered again, and the 
 answer is red."); the target is the letter. With `data.multiple_choice_answer: option_and_letter` the answer is
 the option's text then its letter ("red: B", train/choices.py) and nothing is told before: the lookup then starts
 from the text the model has just written, as it does when it answers an image question (told before the question,
-the lookup it formed read the told line, which an image question does not have). Nothing here reads the image:
+the lookup it formed read the told line, which an image question does not have). Untold, though, the option's text
+cannot be known from text alone, and the decoder learns to copy any listed option, a habit that outweighs the
+image in training: `binding_warmup.told_share` tells the answer first in a share of the conversations (half in the
+`demo` config), so the text is learned as evidence-driven where evidence exists. Nothing here reads the image:
 what the answer is still has to come from the image in training. It runs once, before step 0 (a resumed run has it
 in its checkpoint), after the vision warm-up, on the multiple-choice turns of the training sources (a human turn
 with `A. ...` option lines answered by one of their letters); with none, it is a config error naming the sources.
@@ -51,15 +54,17 @@ class BindingWarmupError(ValueError):
     pass
 
 
-def told_conversation(question: ChoiceQuestion, rng: random.Random, form: AnswerForm = LETTER
-                      ) -> list[dict[str, str]]:
+def told_conversation(question: ChoiceQuestion, rng: random.Random, form: AnswerForm = LETTER,
+                      told_share: float = 0.0) -> list[dict[str, str]]:
     """The question with its options shuffled and lettered again, and its answer in `form`: the option's letter,
     told first ("The answer is red." before the question), or the option's text then its letter, which tells it
-    where the letter is looked up when the model answers an image question (so nothing is told before)."""
+    where the letter is looked up when the model answers an image question; in that form the answer is told
+    before the question in a `told_share` of the conversations (drawn from `rng`), in the others nothing is."""
     order = list(range(len(question.options)))
     rng.shuffle(order)
     lines = [f"{string.ascii_uppercase[new]}. {question.options[old]}" for new, old in enumerate(order)]
-    told = [f"The answer is {question.options[question.answer]}."] if form == LETTER else []
+    tells = form == LETTER or (told_share > 0 and rng.random() < told_share)
+    told = [f"The answer is {question.options[question.answer]}."] if tells else []
     text = "\n".join([*told, *question.before, *lines, *question.after])
     return [{"from": "human", "value": text},
             {"from": "gpt", "value": answer_in_form(question.options[question.answer],
@@ -104,7 +109,7 @@ def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWa
     rng = random.Random(seed)
     rng.shuffle(questions)
     held_out_count = min(MAX_HELD_OUT, len(questions) // 5)
-    held_out = [told_conversation(q, rng, form) for q in questions[:held_out_count]]
+    held_out = [told_conversation(q, rng, form, config.told_share) for q in questions[:held_out_count]]
     train = questions[held_out_count:]
     before = told_accuracy(model, held_out)
     history = _fit(model, train, config, parameters, rng, progress, form)
@@ -130,7 +135,7 @@ def _fit(model: FusionModel, questions: list[ChoiceQuestion], config: BindingWar
     device = model.mm_projector[0].weight.device
 
     def step_losses() -> dict[str, torch.Tensor]:
-        conversations = [told_conversation(questions[rng.randrange(len(questions))], rng, form)
+        conversations = [told_conversation(questions[rng.randrange(len(questions))], rng, form, config.told_share)
                          for _ in range(config.batch_size)]
         batch = builder.collate([(None, c) for c in conversations], latent_count=0).to(device)
         return {"loss": model(batch, dsm=False).lm_loss}  # the decoder's loss alone: no DSM pass through the ViT

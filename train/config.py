@@ -197,6 +197,10 @@ class BindingWarmupConfig(Strict):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     batch_size: int = Field(64, ge=1)
     max_questions: int = Field(20000, ge=1, description="Distinct multiple-choice turns read, in shard order")
+    told_share: float = Field(
+        0.0, ge=0, le=1, description="With data.multiple_choice_answer: option_and_letter, the share of conversations "
+        "told their answer before the question ('The answer is red.'); the others must guess the option's text, which "
+        "text alone cannot tell (the letter-only form is always told)")
 
 
 class TrainConfig(Strict):

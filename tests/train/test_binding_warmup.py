@@ -65,6 +65,21 @@ def test_in_the_option_and_letter_form_the_answer_names_the_option_then_its_new_
         assert human["value"].startswith("What colour is the star?\n")
 
 
+def test_a_told_share_of_option_form_conversations_is_told_the_answer_first():
+    question = choice_question(f"What colour is the star?\nA. red\nB. blue\nC. green\nD. pink\n{INSTRUCTION}", "C")
+    for share, low, high in ((0.0, 0, 0), (0.5, 160, 240), (1.0, 400, 400)):
+        rng = random.Random(0)
+        told = 0
+        for _ in range(400):
+            human, gpt = told_conversation(question, rng, OPTION_AND_LETTER, told_share=share)
+            letter = string.ascii_uppercase[parse_options(human["value"]).index("green")]
+            assert gpt["value"] == f"green: {letter}"  # told or not, the answer names the option, then its letter
+            is_told = human["value"].startswith("The answer is green.\nWhat colour is the star?\n")
+            assert is_told or human["value"].startswith("What colour is the star?\n")
+            told += is_told
+        assert low <= told <= high, (share, told)
+
+
 def test_the_warm_up_trains_the_language_model_alone_on_the_datas_multiple_choice(small_dataset, tmp_path):
     model, sources = tiny_model_and_sources(small_dataset, tmp_path)
     questions, skipped = choice_questions(sources, max_questions=10_000)
