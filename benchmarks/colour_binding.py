@@ -67,7 +67,7 @@ def binding_rows(run: Path, split: str) -> dict[str, dict[str, float]]:
             option = written_option(item["prediction"], item["options"])
             row, written = sums["multiple choice"], None if option is None else options[option[0]]
             choices = in_image.intersection(options)  # the right option is a colour of the image
-            row["right"] += written is not None and options.index(written) == ord(item["reference"]) - ord("A")
+            row["right"] += option is not None and option[0] == ord(item["reference"]) - ord("A")
             row["cloze"] += item["cloze_score"] or 0.0
         else:
             continue
@@ -94,6 +94,7 @@ def main() -> None:
             cloze = f"{row['cloze']:7.1%}" if "cloze" in row else f"{'':7s}"
             print(f"{run!s:40s} {form:16s} {row['questions']:9.0f} {row['right']:7.1%} {row['present']:28.1%} "
                   f"{row['random']:20.1%} {cloze}")
+
 
 if __name__ == "__main__":
     main()
