@@ -116,7 +116,8 @@ def warm_up_binding(model: FusionModel, sources: list[Source], config: BindingWa
     after = told_accuracy(model, held_out)
     first, last = first_and_last_losses(history)
     chance = sum(1 / len(q.options) for q in questions[:held_out_count]) / held_out_count
-    result = {"steps": config.steps, "form": form, "questions": len(train), "held_out": held_out_count,
+    result = {"steps": config.steps, "form": form, "told_share": config.told_share if form != LETTER else 1.0,
+              "questions": len(train), "held_out": held_out_count,
               "skipped": dict(counts),
               "first_loss": first["loss"], "last_loss": last["loss"],
               "held_out_accuracy": {"before": before, "after": after, "chance": chance}}

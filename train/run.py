@@ -94,7 +94,11 @@ def _binding_summary(path: Path) -> str:
         return "none"
     warmup = json.loads(path.read_text())
     accuracy = warmup["held_out_accuracy"]
-    given = "the option's text before its letter" if warmup.get("form") == OPTION_AND_LETTER else "told"
+    given = "told"
+    if warmup.get("form") == OPTION_AND_LETTER:
+        given = "the option's text before its letter"
+        if warmup.get("told_share"):
+            given += f", told first in {100 * warmup['told_share']:.0f}% of them"
     return (f"{warmup['steps']} steps on {warmup['questions']} multiple-choice questions, the answer {given} "
             f"(train/binding_warmup.py; loss {warmup['first_loss']:.2f} -> {warmup['last_loss']:.2f}, the given "
             f"option's letter on {warmup['held_out']} held-out questions {100 * accuracy['before']:.1f}% -> "

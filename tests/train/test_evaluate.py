@@ -181,7 +181,7 @@ def test_fusion_run_trains_evaluates_and_reports(tmp_path, capsys):
     args = ["run", "--config", "demo", "--out", str(out), "--no-ray", "--set", "dataset.unit_size=6",
             "--set", "ray.progress=false", "--set", "categories={SynthColor: {train: 8, test: 3}, "
             "SynthMultiChoice: {train: 8, test: 3}}", "--set", "train.base=tiny", "--set", "train.max_steps=2",
-            "--set", "train.binding_warmup={steps: 2, batch_size: 4}",
+            "--set", "train.binding_warmup={steps: 2, batch_size: 4, told_share: 0.5}",
             "--set", "train.vision_warmup={steps: 2, batch_size: 4, answer_through_llm: true, realign_steps: 2}",
             "--set", "train.data.multiple_choice_answer=option_and_letter"]
     assert main(args) == 0
@@ -191,7 +191,7 @@ def test_fusion_run_trains_evaluates_and_reports(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Multiple choice as cloze" in report and "| all |" in report
     # the binding warm-up, in the answer form the run trains
-    assert "2 steps on" in report and "the answer the option's text before its letter" in report
+    assert "2 steps on" in report and "the answer the option's text before its letter, told first in 50%" in report
     assert "2 projector steps" in report and (out / "train" / "answer_realignment.json").is_file()
     assert "multiple_choice_answer: option_and_letter" in (out / "train" / "train_config.yaml").read_text()
     assert "![training loss](loss_curve.png)" in report and (out / "loss_curve.png").stat().st_size > 1000
