@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import string
 import sys
 from collections import Counter
 from pathlib import Path
@@ -67,7 +68,7 @@ def binding_rows(run: Path, split: str) -> dict[str, dict[str, float]]:
             option = written_option(item["prediction"], item["options"])
             row, written = sums["multiple choice"], None if option is None else options[option[0]]
             choices = in_image.intersection(options)  # the right option is a colour of the image
-            row["right"] += option is not None and option[0] == ord(item["reference"]) - ord("A")
+            row["right"] += option is not None and string.ascii_uppercase[option[0]] == item["reference"]
             row["cloze"] += item["cloze_score"] or 0.0
         else:
             continue

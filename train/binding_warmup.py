@@ -63,6 +63,7 @@ def told_conversation(question: ChoiceQuestion, rng: random.Random, form: Answer
     order = list(range(len(question.options)))
     rng.shuffle(order)
     lines = [f"{string.ascii_uppercase[new]}. {question.options[old]}" for new, old in enumerate(order)]
+    # no draw at share 0: an untold warm-up keeps the random stream (and so the batches) it always had
     tells = form == LETTER or (told_share > 0 and rng.random() < told_share)
     told = [f"The answer is {question.options[question.answer]}."] if tells else []
     text = "\n".join([*told, *question.before, *lines, *question.after])
